@@ -1,0 +1,10 @@
+"""The one FunctionApp: Azure and the local host (`salespredict serve`) both serve this object."""
+
+import azure.functions as func
+
+from functions.capture import bp as capture
+from functions.system import bp as system
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+app.register_functions(capture)
+app.register_functions(system)

@@ -1,0 +1,1 @@
+"""The function folders; each holds one Blueprint that function_app.py registers."""

@@ -1,0 +1,1 @@
+"""salespredict's logic: settings, schemas, stores and services that the functions call."""

@@ -1,0 +1,171 @@
+"""The ``salespredict`` command.
+
+Every command reads the settings (environment over ``local.settings.json``). Where a server URL
+is empty it uses the embedded servers of a running ``salespredict serve``, or starts its own for
+the length of the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import secrets
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from shared.errors import SalesPredictError
+from shared.settings import LOCAL_SETTINGS_FILE, Settings, load_settings, use_settings
+
+EXAMPLE_SETTINGS = "local.settings.example.json"
+KEY_SETTINGS = ("SALESPREDICT_FUNCTION_KEY", "SALESPREDICT_ADMIN_KEY")
+
+
+def ensure_local_settings(path: Path = Path(LOCAL_SETTINGS_FILE)) -> None:
+    """Create local.settings.json from the example, with random local keys, if it is missing."""
+    if path.exists():
+        return
+    example = path.with_name(EXAMPLE_SETTINGS)
+    if not example.exists():
+        return
+    data = json.loads(example.read_text(encoding="utf-8"))
+    for name in KEY_SETTINGS:
+        if not data["Values"].get(name):
+            data["Values"][name] = secrets.token_urlsafe(24)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    print(f"Created {path} from {example.name} with new local function keys.")
+
+
+@contextmanager
+def app_settings() -> Iterator[Settings]:
+    """The settings, with every server reachable, installed as the process's settings."""
+    from shared.devhost.servers import attached
+
+    with attached(load_settings()) as settings:
+        use_settings(settings)
+        yield settings
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from shared.devhost.host import LocalHost
+
+    ensure_local_settings()
+    with app_settings() as settings:
+        from function_app import app
+
+        host = LocalHost(app, settings)
+        base = host.start(args.host, args.port)
+        print(f"\nsalespredict is serving {len(host.http)} HTTP function(s) at {base}/api/")
+        for fn in sorted(host.http.values(), key=lambda f: f.route):
+            print(f"  {' '.join(fn.methods):<10} {base}/api/{fn.route:<28} ({fn.auth_level})")
+        for name, timer in host.timers.items():
+            print(f"  timer      {name}: '{timer.schedule}', next {host.next_fire(name):%H:%M:%S}")
+        print(f"\n  MongoDB     {settings.mongodb_uri}")
+        print(f"  PostgreSQL  {settings.postgres_dsn}")
+        print(f"  Redis       {settings.redis_url}")
+        print(f"\n  Function key: {settings.function_key}")
+        print("  (send it as the x-functions-key header or the code query parameter)")
+        print(f"  Admin key:    {settings.admin_key}")
+        print(f"\n  try: curl -H 'x-functions-key: {settings.function_key}' {base}/api/catalogs")
+        print("\nPress Ctrl-C to stop.", flush=True)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            print("Stopping...", flush=True)
+            host.stop()
+
+
+def cmd_import_csv(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from shared.importer import Mapping, import_rows
+
+    mapping = Mapping.load(args.mapping) if args.mapping else None
+    path: Path = args.file
+    try:
+        total = max(0, sum(1 for _ in path.open("rb")) - 1)
+        handle = path.open(newline="", encoding="utf-8-sig")
+    except OSError as exc:
+        raise SalesPredictError(f"Cannot read {path}: {exc.strerror}") from exc
+    with app_settings(), handle, tqdm(total=total, unit="row", desc="import") as bar:
+        summary = import_rows(handle, mapping, progress=bar)
+    print(summary.report())
+    if args.rejects and summary.rejected:
+        with args.rejects.open("w", newline="", encoding="utf-8") as out:
+            writer = csv.writer(out)
+            writer.writerow(["line", "external_id", "reason"])
+            writer.writerows((r.line, r.external_id, r.reason) for r in summary.rejected)
+        print(f"Rejected rows written to {args.rejects}")
+
+
+def cmd_catalog(args: argparse.Namespace) -> None:
+    from shared import catalogs
+    from shared.opportunities import collections
+
+    with app_settings():
+        db = collections().db
+        if args.action == "add":
+            try:
+                codes = catalogs.add_codes(db, args.field, args.codes)
+            except KeyError as exc:
+                raise SalesPredictError(str(exc.args[0])) from exc
+            print(f"{args.field}: {', '.join(codes)}")
+        else:
+            for name, codes in sorted(catalogs.load(db).items()):
+                print(f"{name}: {', '.join(sorted(codes))}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="salespredict", description="Capture opportunities and predict their outcome."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the function app locally on embedded servers")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=7071)
+    serve.set_defaults(run=cmd_serve)
+
+    imp = sub.add_parser("import-csv", help="bulk-load historical opportunities from a CSV file")
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--mapping", type=Path, help="TOML file mapping CSV columns to fields")
+    imp.add_argument("--rejects", type=Path, help="write rejected rows and reasons to this CSV")
+    imp.set_defaults(run=cmd_import_csv)
+
+    cat = sub.add_parser("catalog", help="list or extend the catalogs of allowed codes")
+    cat_sub = cat.add_subparsers(dest="action", required=True)
+    cat_sub.add_parser("list", help="print every catalog")
+    add = cat_sub.add_parser("add", help="add codes to a catalog")
+    add.add_argument("field")
+    add.add_argument("codes", nargs="+")
+    cat.set_defaults(run=cmd_catalog)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    try:
+        args.run(args)
+    except SalesPredictError as exc:
+        parser.exit(2, f"salespredict: error: {exc}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

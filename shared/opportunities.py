@@ -1,0 +1,652 @@
+"""The opportunity: its schema (pydantic models, the single source of the API, the OpenAPI
+document and validation) and the service that creates, reads, lists and updates it in MongoDB.
+
+Storage, in the app's MongoDB database:
+
+- ``opportunities``: one document per opportunity, ``_id`` = ``OP-000123``, plus ``seq`` (the
+  number, for ordering and keyset pagination) and ``version`` (bumped by every change).
+- ``events``: append-only; ``_id`` = ``OP-000123:<version>``, so a retried write can never append
+  the same change twice. Each holds the fields before and after the change.
+- ``counters``: the atomic sequence behind the ids.
+- ``idempotency_keys``: ``Idempotency-Key`` -> the opportunity it created, purged after a TTL.
+
+Every write path validates first and writes after, so a rejected request writes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+from pymongo import DESCENDING, ReturnDocument
+from pymongo.collection import Collection
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
+
+from shared import catalogs
+from shared.errors import (
+    FieldProblem,
+    InvalidInput,
+    NotFound,
+    PreconditionFailed,
+    from_validation_error,
+)
+from shared.settings import get_settings
+from shared.stores import mongo
+
+OPEN_STAGES = ("S1", "S2", "S3", "S4", "S5", "S6")
+CLOSED_STAGES = ("Won", "Lost")
+Stage = Literal["S1", "S2", "S3", "S4", "S5", "S6", "Won", "Lost"]
+
+MAX_ATTRIBUTE_DEPTH = 5
+MAX_ATTRIBUTE_KEYS = 200
+MAX_ATTRIBUTE_KEY_LENGTH = 100
+
+Code = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")]
+ClientCode = Annotated[str, StringConstraints(pattern=r"^CL-\d{5}$")]
+Money = Annotated[float, Field(ge=0, le=1e13, allow_inf_nan=False)]
+Text = Annotated[str, StringConstraints(max_length=10_000)]
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+ExternalId = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+
+
+def attribute_problems(value: Any, path: str = "attributes") -> list[FieldProblem]:
+    """Every unsafe key in a free-form map: ``$``-prefixed, dotted, NUL, too deep or too many."""
+    problems: list[FieldProblem] = []
+    count = 0
+
+    def walk(node: Any, node_path: str, level: int) -> None:
+        nonlocal count
+        if isinstance(node, list):
+            for index, item in enumerate(node):
+                walk(item, f"{node_path}[{index}]", level)
+            return
+        if not isinstance(node, dict):
+            return
+        if level > MAX_ATTRIBUTE_DEPTH:
+            problems.append(FieldProblem(node_path, f"nested deeper than {MAX_ATTRIBUTE_DEPTH}"))
+            return
+        for key, item in node.items():
+            count += 1
+            key_path = f"{node_path}.{key}"
+            if key.startswith("$"):
+                problems.append(FieldProblem(key_path, "keys may not start with '$'"))
+            elif "." in key or "\x00" in key:
+                problems.append(FieldProblem(key_path, "keys may not contain '.' or NUL"))
+            elif not key or len(key) > MAX_ATTRIBUTE_KEY_LENGTH:
+                problems.append(
+                    FieldProblem(key_path, f"keys must be 1-{MAX_ATTRIBUTE_KEY_LENGTH} chars")
+                )
+            else:
+                walk(item, key_path, level + 1)
+
+    walk(value, path, 1)
+    if count > MAX_ATTRIBUTE_KEYS:
+        problems.append(FieldProblem(path, f"more than {MAX_ATTRIBUTE_KEYS} keys in all"))
+    return problems
+
+
+class OpportunityFields(BaseModel):
+    """What a seller records about an opportunity (PRODUCT.md section 3)."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    client_code: ClientCode = Field(description="Customer code, e.g. CL-01169.")
+    business_unit: Code = Field(description="Business unit code (catalog business_unit).")
+    opportunity_type: Code = Field(description="Opportunity type code (catalog).")
+    acv: Money = Field(description="Annual contract value, USD.")
+    tcv: Money = Field(description="Total contract value, USD; at least the acv.")
+    margin: float = Field(ge=0, le=1, allow_inf_nan=False, description="Profit margin, 0-1.")
+    region: Code
+    territory: Code
+    industry: Code
+    lead_source: Code
+    seller_id: Code = Field(description="Seller code, e.g. NV-0.")
+    expected_close_date: date
+    stage: Stage = "S1"
+    lost_reason: Reason | None = Field(
+        None, validate_default=True, description="Required when the stage is Lost."
+    )
+    notes: Text = ""
+    attributes: dict[str, JsonValue] = Field(
+        default_factory=dict,
+        description=(
+            "Free-form custom fields. Keys may not start with '$' or contain '.' or NUL; "
+            f"at most {MAX_ATTRIBUTE_DEPTH} levels and {MAX_ATTRIBUTE_KEYS} keys."
+        ),
+    )
+
+    @field_validator("tcv")
+    @classmethod
+    def _tcv_covers_acv(cls, tcv: float, info: ValidationInfo) -> float:
+        acv = info.data.get("acv")
+        if acv is not None and tcv < acv:
+            raise ValueError(f"tcv ({tcv}) must be at least acv ({acv})")
+        return tcv
+
+    @field_validator("lost_reason")
+    @classmethod
+    def _reason_only_when_lost(cls, reason: str | None, info: ValidationInfo) -> str | None:
+        stage = info.data.get("stage")
+        if stage == "Lost" and not reason:
+            raise ValueError("lost_reason is required when the stage is Lost")
+        if stage is not None and stage != "Lost" and reason is not None:
+            raise ValueError("lost_reason is only allowed when the stage is Lost")
+        return reason
+
+    @field_validator("attributes")
+    @classmethod
+    def _safe_attributes(cls, value: dict[str, Any]) -> dict[str, Any]:
+        problems = attribute_problems(value)
+        if problems:
+            raise PydanticCustomError(
+                "unsafe_attributes",
+                "unsafe attribute keys: {detail}",
+                {
+                    "detail": "; ".join(f"{p.path}: {p.message}" for p in problems),
+                    "problems": [(p.path, p.message) for p in problems],
+                },
+            )
+        return value
+
+
+class NewOpportunity(OpportunityFields):
+    """The body of ``POST /api/opportunities``."""
+
+    external_id: ExternalId | None = Field(
+        None, description="The opportunity's id in the system it comes from; unique."
+    )
+
+
+class ImportedOpportunity(NewOpportunity):
+    """A historical opportunity from a CSV import: it carries its own dates."""
+
+    external_id: ExternalId
+    created_at: datetime
+    closed_at: datetime | None = None
+
+
+class OpportunityPatch(BaseModel):
+    """The body of ``PATCH /api/opportunities/{id}``: any subset of the fields."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    client_code: ClientCode | None = None
+    business_unit: Code | None = None
+    opportunity_type: Code | None = None
+    acv: Money | None = None
+    tcv: Money | None = None
+    margin: float | None = Field(None, ge=0, le=1, allow_inf_nan=False)
+    region: Code | None = None
+    territory: Code | None = None
+    industry: Code | None = None
+    lead_source: Code | None = None
+    seller_id: Code | None = None
+    expected_close_date: date | None = None
+    stage: Stage | None = None
+    lost_reason: Reason | None = None
+    notes: Text | None = None
+    attributes: dict[str, JsonValue] | None = None
+
+
+class Opportunity(OpportunityFields):
+    """An opportunity as stored and served."""
+
+    model_config = ConfigDict(strict=False, extra="ignore")
+
+    opportunity_id: str = Field(description="Server-assigned: OP-000123.")
+    external_id: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    closed_at: datetime | None = None
+    version: int = Field(ge=1, description="Bumped by every change; send it back in If-Match.")
+
+
+class OpportunityPage(BaseModel):
+    """One page of ``GET /api/opportunities``, newest first."""
+
+    items: list[Opportunity]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at end.")
+
+
+class ListQuery(BaseModel):
+    """The query parameters of ``GET /api/opportunities``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: Stage | None = None
+    region: Code | None = None
+    seller_id: Code | None = None
+    business_unit: Code | None = None
+    created_from: datetime | None = Field(None, description="Inclusive, ISO 8601.")
+    created_to: datetime | None = Field(None, description="Exclusive, ISO 8601.")
+    limit: int = Field(50, ge=1, le=200)
+    cursor: str | None = None
+
+
+FIELD_NAMES = tuple(OpportunityFields.model_fields)
+
+
+# --------------------------------------------------------------------------- storage
+
+
+@dataclass(frozen=True)
+class Collections:
+    opportunities: Collection
+    events: Collection
+    counters: Collection
+    idempotency_keys: Collection
+    db: Database
+
+
+_ready_lock = threading.Lock()
+_ready: set[tuple[int, str]] = set()
+
+
+def collections(db: Database | None = None) -> Collections:
+    """The app's collections; the first call per database creates indexes and seeds catalogs.
+
+    nx-27017 (the local server) fails inserts when a compound index includes ``_id``, so every
+    index here is on ordinary fields; keyset pagination uses ``seq`` rather than ``_id``.
+    """
+    db = mongo.database() if db is None else db
+    result = Collections(db.opportunities, db.events, db.counters, db.idempotency_keys, db)
+    key = (id(db.client), db.name)
+    if key not in _ready:
+        with _ready_lock:
+            if key not in _ready:
+                result.opportunities.create_index("seq", unique=True)
+                result.opportunities.create_index("external_id", unique=True, sparse=True)
+                for name in ("updated_at", "created_at", "stage", "region", "seller_id"):
+                    result.opportunities.create_index(name)
+                result.opportunities.create_index("business_unit")
+                result.events.create_index("opportunity_id")
+                result.idempotency_keys.create_index("created_at")
+                catalogs.seed(db)
+                _ready.add(key)
+    return result
+
+
+def now_utc() -> datetime:
+    """The current UTC time at MongoDB's precision (milliseconds), so reads equal writes."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def format_id(seq: int) -> str:
+    return f"OP-{seq:06d}"
+
+
+def _as_datetime(day: date) -> datetime:
+    return datetime.combine(day, time(), tzinfo=UTC)
+
+
+def _to_document(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """API values -> BSON values (BSON has no date type: days are stored as UTC midnight)."""
+    doc = dict(fields)
+    if isinstance(doc.get("expected_close_date"), date) and not isinstance(
+        doc["expected_close_date"], datetime
+    ):
+        doc["expected_close_date"] = _as_datetime(doc["expected_close_date"])
+    return doc
+
+
+def _fields_of(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored document's editable fields, as API values."""
+    fields = {name: doc[name] for name in FIELD_NAMES if name in doc}
+    if isinstance(fields.get("expected_close_date"), datetime):
+        fields["expected_close_date"] = fields["expected_close_date"].date()
+    return fields
+
+
+def to_api(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored document as the API serves it (JSON-ready)."""
+    return Opportunity.model_validate(
+        {**doc, **_fields_of(doc), "opportunity_id": doc["_id"]}
+    ).model_dump(mode="json")
+
+
+def check_catalogs(fields: Mapping[str, Any], db: Database) -> list[FieldProblem]:
+    """A problem for every categorical value that its catalog does not list."""
+    known = catalogs.current(db)
+    return [
+        FieldProblem(name, f"unknown code {fields[name]!r}; GET /api/catalogs lists the codes")
+        for name in catalogs.FIELDS
+        if name in fields and name in known and fields[name] not in known[name]
+    ]
+
+
+def _event(
+    opp_id: str,
+    version: int,
+    kind: str,
+    at: datetime,
+    before: dict[str, Any] | None,
+    after: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "_id": f"{opp_id}:{version}",
+        "opportunity_id": opp_id,
+        "version": version,
+        "type": kind,
+        "at": at,
+        "before": before,
+        "after": after,
+    }
+
+
+def new_document(
+    fields: Mapping[str, Any],
+    seq: int,
+    now: datetime,
+    *,
+    external_id: str | None = None,
+    created_at: datetime | None = None,
+    closed_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The stored form of a new opportunity number ``seq``."""
+    doc = {
+        "_id": format_id(seq),
+        "seq": seq,
+        **_to_document(fields),
+        "created_at": created_at or now,
+        "updated_at": now,
+        "closed_at": closed_at if fields["stage"] in CLOSED_STAGES else None,
+        "version": 1,
+    }
+    if doc["closed_at"] is None and fields["stage"] in CLOSED_STAGES:
+        doc["closed_at"] = now
+    if external_id is not None:
+        doc["external_id"] = external_id
+    return doc
+
+
+def reserve_ids(cols: Collections, count: int) -> int:
+    """Atomically reserve ``count`` consecutive numbers; returns the first."""
+    counter = cols.counters.find_one_and_update(
+        {"_id": "opportunity"},
+        {"$inc": {"seq": count}},
+        upsert=True,
+        return_document=ReturnDocument.AFTER,
+    )
+    return int(counter["seq"]) - count + 1
+
+
+# --------------------------------------------------------------------------- capture
+
+
+@dataclass(frozen=True)
+class Captured:
+    opportunity: dict[str, Any]
+    replayed: bool
+
+
+def parse_new(body: bytes | str) -> NewOpportunity:
+    """Validate a capture body (400 for broken JSON, 422 for the schema)."""
+    try:
+        return NewOpportunity.model_validate_json(body)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+
+
+def create(new: NewOpportunity, idempotency_key: str | None = None) -> Captured:
+    """Store a validated new opportunity and its ``captured`` event.
+
+    With an ``idempotency_key``, a retry of the same request returns the first answer and stores
+    nothing new; the same key with a different body is refused (422). Documents and events carry
+    deterministic ids, so finishing an interrupted capture can never store anything twice.
+    """
+    cols = collections()
+    fields = new.model_dump(exclude={"external_id"})
+    problems = check_catalogs(fields, cols.db)
+    if problems:
+        raise InvalidInput(f"{len(problems)} invalid field(s).", errors=problems)
+    if new.external_id is not None:
+        existing = cols.opportunities.find_one({"external_id": new.external_id}, {"_id": 1})
+        if existing is not None:
+            raise InvalidInput(
+                "external_id already recorded.",
+                errors=[FieldProblem("external_id", f"already recorded as {existing['_id']}")],
+            )
+    if idempotency_key is None:
+        return Captured(_store_new(cols, new, reserve_ids(cols, 1)), replayed=False)
+
+    if not 1 <= len(idempotency_key) <= 255:
+        raise InvalidInput(
+            "Bad Idempotency-Key.",
+            errors=[FieldProblem("Idempotency-Key", "must be 1-255 characters")],
+        )
+    request_hash = hashlib.sha256(new.model_dump_json().encode()).hexdigest()
+    record = cols.idempotency_keys.find_one({"_id": idempotency_key})
+    if record is None:
+        seq = reserve_ids(cols, 1)
+        try:
+            cols.idempotency_keys.insert_one(
+                {"_id": idempotency_key, "hash": request_hash, "seq": seq, "created_at": now_utc()}
+            )
+            return Captured(_store_new(cols, new, seq), replayed=False)
+        except DuplicateKeyError:
+            record = cols.idempotency_keys.find_one({"_id": idempotency_key})
+    if record is None or record["hash"] != request_hash:
+        raise InvalidInput(
+            "This Idempotency-Key was used for a different request.",
+            errors=[FieldProblem("Idempotency-Key", "already used with another body")],
+        )
+    first = cols.events.find_one({"_id": f"{format_id(record['seq'])}:1"})
+    if first is not None:
+        return Captured(to_api(first["after"]), replayed=True)
+    return Captured(_store_new(cols, new, record["seq"]), replayed=True)
+
+
+def _store_new(cols: Collections, new: NewOpportunity, seq: int) -> dict[str, Any]:
+    fields = new.model_dump(exclude={"external_id"})
+    doc = new_document(fields, seq, now_utc(), external_id=new.external_id)
+    try:
+        cols.opportunities.insert_one(doc)
+    except DuplicateKeyError:
+        stored = cols.opportunities.find_one({"_id": doc["_id"]})
+        if stored is None:  # the duplicate was the external_id, stored by a concurrent request
+            raise InvalidInput(
+                "external_id already recorded.",
+                errors=[FieldProblem("external_id", "already recorded")],
+            ) from None
+        doc = stored
+    with contextlib.suppress(DuplicateKeyError):
+        cols.events.insert_one(_event(doc["_id"], 1, "captured", doc["created_at"], None, doc))
+    return to_api(doc)
+
+
+# --------------------------------------------------------------------------- read
+
+
+def get(opp_id: str) -> dict[str, Any]:
+    doc = collections().opportunities.find_one({"_id": opp_id})
+    if doc is None:
+        raise NotFound(f"No opportunity {opp_id}.")
+    return to_api(doc)
+
+
+def parse_query(params: Mapping[str, str]) -> ListQuery:
+    try:
+        return ListQuery.model_validate(dict(params))
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+
+
+def _encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, value = text.split(":", 1)
+        if prefix != "seq":
+            raise ValueError(prefix)
+        return int(value)
+    except ValueError:
+        raise InvalidInput(
+            "Bad cursor.", errors=[FieldProblem("cursor", "not a cursor this API returned")]
+        ) from None
+
+
+def list_page(query: ListQuery) -> dict[str, Any]:
+    """One page of opportunities matching ``query``, newest first (keyset pagination)."""
+    flt: dict[str, Any] = {
+        name: value
+        for name in ("stage", "region", "seller_id", "business_unit")
+        if (value := getattr(query, name)) is not None
+    }
+    created: dict[str, datetime] = {}
+    if query.created_from is not None:
+        created["$gte"] = aware(query.created_from)
+    if query.created_to is not None:
+        created["$lt"] = aware(query.created_to)
+    if created:
+        flt["created_at"] = created
+    if query.cursor is not None:
+        flt["seq"] = {"$lt": _decode_cursor(query.cursor)}
+    docs = list(
+        collections().opportunities.find(flt).sort("seq", DESCENDING).limit(query.limit + 1)
+    )
+    more = len(docs) > query.limit
+    docs = docs[: query.limit]
+    return {
+        "items": [to_api(doc) for doc in docs],
+        "next_cursor": _encode_cursor(docs[-1]["seq"]) if more else None,
+    }
+
+
+def aware(moment: datetime) -> datetime:
+    """``moment`` with UTC assumed when it carries no time zone."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+# --------------------------------------------------------------------------- update
+
+MAX_UPDATE_ATTEMPTS = 5
+
+
+def parse_patch(body: bytes | str) -> OpportunityPatch:
+    try:
+        return OpportunityPatch.model_validate_json(body)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+
+
+def parse_if_match(header: str | None) -> int | None:
+    """The version in an ``If-Match`` header (``"3"``, ``W/"3"`` or ``3``); ``*`` means any."""
+    if header is None or header.strip() == "*":
+        return None
+    value = header.strip().removeprefix("W/").strip('"')
+    if not value.isdigit():
+        raise PreconditionFailed(f"If-Match must be a version this API returned, not {header!r}.")
+    return int(value)
+
+
+def update(opp_id: str, patch: OpportunityPatch, expected_version: int | None) -> dict[str, Any]:
+    """Apply ``patch``; with ``expected_version``, refuse (412) if the stored version differs.
+
+    Moving to Won or Lost sets ``closed_at``; moving back to an open stage clears it. The change
+    and an event with the fields before and after it are written; a no-op changes nothing.
+    """
+    nulls = [name for name in patch.model_fields_set if getattr(patch, name) is None]
+    if nulls:
+        raise InvalidInput(
+            f"{len(nulls)} invalid field(s).",
+            errors=[FieldProblem(name, "may not be null") for name in sorted(nulls)],
+        )
+    cols = collections()
+    changes = patch.model_dump(exclude_unset=True)
+    for _ in range(MAX_UPDATE_ATTEMPTS):
+        doc = cols.opportunities.find_one({"_id": opp_id})
+        if doc is None:
+            raise NotFound(f"No opportunity {opp_id}.")
+        if expected_version is not None and doc["version"] != expected_version:
+            raise PreconditionFailed(
+                f"{opp_id} is at version {doc['version']}, not {expected_version}; "
+                "read it again and reapply your change."
+            )
+        current = _fields_of(doc)
+        merged = {**current, **changes}
+        if merged["stage"] != "Lost" and "lost_reason" not in changes:
+            merged["lost_reason"] = None
+        try:
+            valid = OpportunityFields.model_validate(merged).model_dump()
+        except ValidationError as exc:
+            raise from_validation_error(exc) from None
+        problems = check_catalogs({k: valid[k] for k in changes if k in valid}, cols.db)
+        if problems:
+            raise InvalidInput(f"{len(problems)} invalid field(s).", errors=problems)
+        changed = {k: v for k, v in valid.items() if current.get(k) != v}
+        if not changed:
+            return to_api(doc)
+        now = now_utc()
+        kind = "updated"
+        if "stage" in changed:
+            kind = "closed" if valid["stage"] in CLOSED_STAGES else "stage_changed"
+            closed_at = now if valid["stage"] in CLOSED_STAGES else None
+            if closed_at != doc.get("closed_at"):
+                changed["closed_at"] = closed_at
+        stored_changes = _to_document(changed)
+        version = doc["version"] + 1
+        # A whole-document compare-and-swap on the version: nx-27017 stores a top-level
+        # datetime given to $set as a string, while a replacement keeps its BSON types.
+        replacement = {k: v for k, v in doc.items() if k != "_id"}
+        replacement.update(stored_changes, updated_at=now, version=version)
+        updated = cols.opportunities.find_one_and_replace(
+            {"_id": opp_id, "version": doc["version"]},
+            replacement,
+            return_document=ReturnDocument.AFTER,
+        )
+        if updated is None:
+            if expected_version is not None:
+                raise PreconditionFailed(f"{opp_id} changed while this update was applied.")
+            continue
+        before = {k: doc.get(k) for k in stored_changes}
+        cols.events.insert_one(_event(opp_id, version, kind, now, before, stored_changes))
+        return to_api(updated)
+    raise PreconditionFailed(f"{opp_id} is changing too often; retry.")
+
+
+# --------------------------------------------------------------------------- housekeeping
+
+
+def purge_idempotency_keys(older_than: timedelta | None = None) -> int:
+    """Delete Idempotency-Key records past their TTL; returns how many were deleted."""
+    ttl = older_than or timedelta(hours=get_settings().idempotency_key_ttl_hours)
+    result = collections().idempotency_keys.delete_many({"created_at": {"$lt": now_utc() - ttl}})
+    return int(result.deleted_count)
+
+
+def insert_many(cols: Collections, docs: Iterable[dict[str, Any]], kind: str) -> None:
+    """Bulk-store new documents with their first event (the CSV import)."""
+    docs = list(docs)
+    if docs:
+        cols.opportunities.insert_many(docs, ordered=False)
+        insert_many_events(cols, docs, kind)
+
+
+def insert_many_events(cols: Collections, docs: list[dict[str, Any]], kind: str) -> None:
+    """The first event of each of ``docs`` (stored documents at version 1)."""
+    if docs:
+        cols.events.insert_many(
+            [_event(d["_id"], 1, kind, d["updated_at"], None, d) for d in docs], ordered=False
+        )

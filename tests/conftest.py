@@ -1,0 +1,112 @@
+"""Fixtures: real servers (embedded by default, or the ones given by URL), one database per test,
+and the local host serving the real FunctionApp on a free port.
+
+Give ``MONGODB_URI``, ``POSTGRES_DSN`` or ``REDIS_URL`` in the environment to run against those
+servers; whatever is not given is started embedded, once per test session.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shared.devhost.host import LocalHost
+from shared.devhost.servers import EmbeddedServers, missing_servers, with_urls
+from shared.settings import Settings, load_settings, use_settings
+from shared.stores import mongo
+
+FUNCTION_KEY = "test-function-key"
+ADMIN_KEY = "test-admin-key"
+SEED_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed-opportunities.csv"
+SEED_MAPPING = Path(__file__).resolve().parents[1] / "imports" / "seed-opportunities.toml"
+
+
+def _base_environment() -> dict[str, str]:
+    """Only the server URLs come from the outside; nothing from a developer's local settings."""
+    names = ("MONGODB_URI", "POSTGRES_DSN", "REDIS_URL")
+    return {name: os.environ[name] for name in names if os.environ.get(name)}
+
+
+@pytest.fixture(scope="session")
+def server_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """Settings pointing at real servers for the whole session."""
+    data_dir = tmp_path_factory.mktemp("servers")
+    base = load_settings(
+        {
+            **_base_environment(),
+            "SALESPREDICT_DATA_DIR": str(data_dir),
+            "SALESPREDICT_FUNCTION_KEY": FUNCTION_KEY,
+            "SALESPREDICT_ADMIN_KEY": ADMIN_KEY,
+            "DEPENDENCY_TIMEOUT_MS": "3000",
+        },
+        local_settings=data_dir / "none.json",
+    )
+    missing = missing_servers(base)
+    if not missing:
+        yield base
+        return
+    with EmbeddedServers(data_dir, missing) as servers:
+        yield with_urls(base, servers.urls)
+
+
+@pytest.fixture
+def settings(server_settings: Settings) -> Iterator[Settings]:
+    """The session's servers with a MongoDB database of this test's own, dropped afterwards."""
+    mine = server_settings.model_copy(update={"mongodb_database": f"t_{uuid.uuid4().hex[:12]}"})
+    use_settings(mine)
+    yield mine
+    mongo.client().drop_database(mine.mongodb_database)
+    use_settings(server_settings)
+
+
+@pytest.fixture
+def db(settings: Settings):
+    from shared.opportunities import collections
+
+    return collections().db
+
+
+@pytest.fixture
+def host(settings: Settings) -> Iterator[tuple[LocalHost, str]]:
+    from function_app import app
+
+    local = LocalHost(app, settings)
+    base = local.start("127.0.0.1", 0)
+    yield local, base
+    local.stop()
+
+
+@pytest.fixture
+def api(host: tuple[LocalHost, str]) -> Iterator[httpx.Client]:
+    """An HTTP client for the local host's /api, sending the function key."""
+    with httpx.Client(
+        base_url=host[1] + "/api", headers={"x-functions-key": FUNCTION_KEY}, timeout=30
+    ) as client:
+        yield client
+
+
+def opportunity(**overrides: object) -> dict[str, object]:
+    """A valid capture body."""
+    body: dict[str, object] = {
+        "client_code": "CL-01169",
+        "business_unit": "BU-05",
+        "opportunity_type": "TY-04",
+        "acv": 476458.92,
+        "tcv": 943194.18,
+        "margin": 0.06,
+        "region": "RE-02",
+        "territory": "TE-15",
+        "industry": "IN-23",
+        "lead_source": "LS-06",
+        "seller_id": "NV-4",
+        "expected_close_date": "2027-02-06",
+        "notes": "Met the CFO; second call next week.",
+        "attributes": {"competitor": "Acme", "contacts": [{"name": "Ana", "role": "CFO"}]},
+    }
+    body.update(overrides)
+    return body
