@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import azure.functions as func
+from azure.functions.timer import TimerRequest
 from croniter import croniter
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
@@ -234,7 +235,7 @@ class LocalHost:
 
     def run_timer(self, name: str, reason: str = "Timer fired", past_due: bool = False) -> None:
         timer = self.timers[name]
-        request = func.TimerRequest(past_due=past_due)
+        request = TimerRequest(past_due=past_due)
         self._run(name, reason, timer.call, {timer.arg_name: request})
 
     def next_fire(self, name: str, after: datetime | None = None) -> datetime:
