@@ -115,10 +115,10 @@ def cmd_catalog(args: argparse.Namespace) -> None:
         db = collections().db
         if args.action == "add":
             try:
-                codes = catalogs.add_codes(db, args.field, args.codes)
+                members = catalogs.add_codes(db, args.field, args.codes)
             except KeyError as exc:
                 raise SalesPredictError(str(exc.args[0])) from exc
-            print(f"{args.field}: {', '.join(codes)}")
+            print(f"{args.field}: {', '.join(members)}")
         else:
             for name, codes in sorted(catalogs.load(db).items()):
                 print(f"{name}: {', '.join(sorted(codes))}")

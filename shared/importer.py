@@ -167,10 +167,6 @@ def _batches(reader: csv.DictReader, size: int) -> Iterator[list[tuple[int, dict
         yield batch
 
 
-def _id_column(mapping: Mapping) -> str | None:
-    return next((c for c, targets in mapping.columns.items() if "external_id" in targets), None)
-
-
 def _existing(cols: opportunities.Collections, external_ids: list[str]) -> set[str]:
     """The ids already imported; an import interrupted between a document and its event gets
     the missing event now, so a re-run leaves every imported opportunity complete."""
@@ -199,7 +195,8 @@ def import_rows(
         raise ImportFileError("The CSV file is empty: it has no header row.")
     mapping = mapping or Mapping.identity(header)
     mapping.check_header(header)
-    if not any("external_id" in targets for targets in mapping.columns.values()):
+    id_column = next((c for c, ts in mapping.columns.items() if "external_id" in ts), None)
+    if id_column is None:
         raise ImportFileError("No column maps to external_id; an import needs the source ids.")
     cols = opportunities.collections()
     summary = ImportSummary()
@@ -211,7 +208,7 @@ def import_rows(
             result = _validate(mapping.apply(row), cols.db)
             record_id = result.external_id if isinstance(result, ImportedOpportunity) else None
             if isinstance(result, list):
-                summary.rejected.append(Rejected(line, row.get(_id_column(mapping)), result))
+                summary.rejected.append(Rejected(line, row.get(id_column), result))
             elif record_id in seen:
                 problem = FieldProblem("external_id", "appears more than once in the file")
                 summary.rejected.append(Rejected(line, record_id, [problem]))

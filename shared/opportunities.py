@@ -386,6 +386,7 @@ def reserve_ids(cols: Collections, count: int) -> int:
         upsert=True,
         return_document=ReturnDocument.AFTER,
     )
+    assert counter is not None  # an upsert returning the document after it always has one
     return int(counter["seq"]) - count + 1
 
 

@@ -23,7 +23,7 @@ def test_health_reports_every_dependency_up(api: httpx.Client) -> None:
 
 def test_a_stopped_mongodb_gives_503_then_recovers(settings, host, tmp_path) -> None:
     """A MongoDB server of this test's own is stopped under a running host, then restarted."""
-    local, base = host
+    _, base = host
     client = httpx.Client(base_url=base + "/api", headers={"x-functions-key": "test-function-key"})
     with EmbeddedServers(tmp_path, ["mongodb"]) as own:
         mine = settings.model_copy(

@@ -39,14 +39,14 @@ def test_a_wrong_setting_is_named(tmp_path: Path, environ, named) -> None:
 
 def test_a_missing_server_url_says_how_to_provide_it(tmp_path: Path) -> None:
     settings = load_settings({}, tmp_path / "absent.json")
-    with pytest.raises(SettingsError, match="MONGODB_URI is not set.*salespredict serve"):
+    with pytest.raises(SettingsError, match=r"MONGODB_URI is not set.*salespredict serve"):
         settings.require("mongodb_uri")
 
 
 def test_a_broken_local_settings_file_is_reported(tmp_path: Path) -> None:
     local = tmp_path / "local.settings.json"
     local.write_text("{not json")
-    with pytest.raises(SettingsError, match="local.settings.json"):
+    with pytest.raises(SettingsError, match=r"local\.settings\.json"):
         load_settings({}, local)
 
 

@@ -20,7 +20,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -189,7 +189,9 @@ class LocalHost:
             keys.append(self.settings.function_key)
         return any(hmac.compare_digest(given.encode(), key.encode()) for key in keys)
 
-    def _invoke_http(self, function: HttpFunction, request: Request, params: dict) -> Response:
+    def _invoke_http(
+        self, function: HttpFunction, request: Request, params: Mapping[str, Any]
+    ) -> Response:
         try:
             body = request.get_data(cache=False)
         except HTTPException as exc:

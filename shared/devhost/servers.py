@@ -113,6 +113,7 @@ def _start_mongodb(data: Path) -> Running:
     def ready() -> bool:
         import pymongo
 
+        client: pymongo.MongoClient[dict[str, object]]
         with pymongo.MongoClient(server.url, serverSelectionTimeoutMS=500) as client:
             client.admin.command("ping")
         return True
