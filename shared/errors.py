@@ -122,5 +122,6 @@ def from_validation_error(exc: ValidationError) -> RequestError:
         if err["type"] == "unsafe_attributes":
             problems.extend(FieldProblem(path, message) for path, message in ctx["problems"])
             continue
-        problems.append(FieldProblem(".".join(str(p) for p in err["loc"]), err["msg"]))
+        message = err["msg"].removeprefix("Value error, ")
+        problems.append(FieldProblem(".".join(str(p) for p in err["loc"]), message))
     return InvalidInput(f"{len(problems)} invalid field(s).", errors=problems)
