@@ -415,10 +415,20 @@ def create(new: NewOpportunity, idempotency_key: str | None = None) -> Captured:
     deterministic ids, so finishing an interrupted capture can never store anything twice.
     """
     cols = collections()
-    fields = new.model_dump(exclude={"external_id"})
-    problems = check_catalogs(fields, cols.db)
+    problems = check_catalogs(new.model_dump(), cols.db)
     if problems:
         raise InvalidInput(f"{len(problems)} invalid field(s).", errors=problems)
+    request_hash = ""
+    if idempotency_key is not None:
+        if not 1 <= len(idempotency_key) <= 255:
+            raise InvalidInput(
+                "Bad Idempotency-Key.",
+                errors=[FieldProblem("Idempotency-Key", "must be 1-255 characters")],
+            )
+        request_hash = hashlib.sha256(new.model_dump_json().encode()).hexdigest()
+        record = cols.idempotency_keys.find_one({"_id": idempotency_key})
+        if record is not None:
+            return _replay(cols, new, record, request_hash)
     if new.external_id is not None:
         existing = cols.opportunities.find_one({"external_id": new.external_id}, {"_id": 1})
         if existing is not None:
@@ -426,25 +436,22 @@ def create(new: NewOpportunity, idempotency_key: str | None = None) -> Captured:
                 "external_id already recorded.",
                 errors=[FieldProblem("external_id", f"already recorded as {existing['_id']}")],
             )
-    if idempotency_key is None:
-        return Captured(_store_new(cols, new, reserve_ids(cols, 1)), replayed=False)
-
-    if not 1 <= len(idempotency_key) <= 255:
-        raise InvalidInput(
-            "Bad Idempotency-Key.",
-            errors=[FieldProblem("Idempotency-Key", "must be 1-255 characters")],
-        )
-    request_hash = hashlib.sha256(new.model_dump_json().encode()).hexdigest()
-    record = cols.idempotency_keys.find_one({"_id": idempotency_key})
-    if record is None:
-        seq = reserve_ids(cols, 1)
+    seq = reserve_ids(cols, 1)
+    if idempotency_key is not None:
         try:
             cols.idempotency_keys.insert_one(
                 {"_id": idempotency_key, "hash": request_hash, "seq": seq, "created_at": now_utc()}
             )
-            return Captured(_store_new(cols, new, seq), replayed=False)
-        except DuplicateKeyError:
+        except DuplicateKeyError:  # a concurrent request with the same key got there first
             record = cols.idempotency_keys.find_one({"_id": idempotency_key})
+            return _replay(cols, new, record, request_hash)
+    return Captured(_store_new(cols, new, seq), replayed=False)
+
+
+def _replay(
+    cols: Collections, new: NewOpportunity, record: dict[str, Any] | None, request_hash: str
+) -> Captured:
+    """The first answer to an Idempotency-Key, finishing its capture if it was interrupted."""
     if record is None or record["hash"] != request_hash:
         raise InvalidInput(
             "This Idempotency-Key was used for a different request.",

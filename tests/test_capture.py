@@ -322,3 +322,24 @@ def test_external_id_is_unique(api: httpx.Client, db) -> None:
     again = api.post("/opportunities", json=opportunity(external_id="CRM-1"))
     assert again.status_code == 422 and again.json()["errors"][0]["path"] == "external_id"
     assert counts(db) == (1, 1)
+
+
+def test_a_retried_capture_with_an_external_id_is_replayed_not_refused(
+    api: httpx.Client, db
+) -> None:
+    body, headers = opportunity(external_id="CRM-7"), {"Idempotency-Key": "crm-7"}
+    first = api.post("/opportunities", json=body, headers=headers)
+    again = api.post("/opportunities", json=body, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert again.json() == first.json()
+    assert counts(db) == (1, 1)
+
+
+def test_an_interrupted_capture_is_finished_by_its_retry(api: httpx.Client, db) -> None:
+    """The first attempt stored its document but died before the event: the retry completes it."""
+    headers = {"Idempotency-Key": "cut"}
+    first = api.post("/opportunities", json=opportunity(), headers=headers).json()
+    db.events.delete_many({})
+    again = api.post("/opportunities", json=opportunity(), headers=headers)
+    assert again.status_code == 201 and again.json() == first
+    assert counts(db) == (1, 1)

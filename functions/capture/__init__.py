@@ -1,7 +1,5 @@
 """Capture: create, read, list and update opportunities; serve the catalogs."""
 
-from __future__ import annotations
-
 import logging
 
 import azure.functions as func

@@ -1,7 +1,5 @@
 """System: health of the dependencies and the OpenAPI document."""
 
-from __future__ import annotations
-
 import azure.functions as func
 
 from shared import health, openapi
