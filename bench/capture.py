@@ -3,7 +3,8 @@
 Ours: ``capture_opportunity`` called with a ``func.HttpRequest`` (body parsing, validation,
 catalog check, id, document, event). Raw: ``find_one_and_update`` on the counter, ``insert_one``
 of the document and ``insert_one`` of the event, with nothing of ours around them. Same server,
-same run; medians over repeats. Uses MONGODB_URI when set, else an embedded nx-27017.
+same indexes, same run, the two sides taking turns to go first; medians over repeats.
+Uses MONGODB_URI when set, else an embedded nx-27017.
 
     python bench/capture.py [--n 1000] [--repeats 5]
 """
@@ -25,6 +26,7 @@ from pymongo import MongoClient, ReturnDocument
 
 from functions.capture import capture_opportunity
 from shared.devhost.servers import EmbeddedServers
+from shared.opportunities import collections
 from shared.settings import load_settings, use_settings
 
 BODY = json.dumps(
@@ -81,13 +83,16 @@ def main() -> None:
             settings = settings.model_copy(update={"mongodb_uri": servers.urls["mongodb"]})
         client: MongoClient = stack.enter_context(MongoClient(settings.mongodb_uri, tz_aware=True))
         ours_rates, raw_rates = [], []
-        for _ in range(args.repeats):
+        for repeat in range(args.repeats):
             ours_db, raw_db = f"bench_{uuid.uuid4().hex[:8]}", f"bench_{uuid.uuid4().hex[:8]}"
             use_settings(settings.model_copy(update={"mongodb_database": ours_db}))
-            ours(10)  # warm up: indexes, catalogs, connections
-            client[raw_db].opportunities.create_index("seq", unique=True)
-            ours_rates.append(ours(args.n))
-            raw_rates.append(raw(args.n, client, raw_db))
+            ours(10)  # warm up: connections, catalogs
+            collections(client[raw_db])  # the same indexes on both sides
+            for side in ("ours", "raw") if repeat % 2 == 0 else ("raw", "ours"):  # take turns
+                if side == "ours":
+                    ours_rates.append(ours(args.n))
+                else:
+                    raw_rates.append(raw(args.n, client, raw_db))
             client.drop_database(ours_db)
             client.drop_database(raw_db)
         mine, limit = statistics.median(ours_rates), statistics.median(raw_rates)

@@ -13,11 +13,16 @@ import json
 import logging
 import secrets
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+import psycopg2
+from pymongo.errors import PyMongoError
+from redis.exceptions import RedisError
 
 from shared.errors import SalesPredictError
 from shared.settings import LOCAL_SETTINGS_FILE, Settings, load_settings, use_settings
@@ -62,7 +67,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
         base = host.start(args.host, args.port)
         print(f"\nsalespredict is serving {len(host.http)} HTTP function(s) at {base}/api/")
         for fn in sorted(host.http.values(), key=lambda f: f.route):
-            print(f"  {' '.join(fn.methods):<10} {base}/api/{fn.route:<28} ({fn.auth_level})")
+            print(
+                f"  {' '.join(fn.methods) or 'ANY':<10} {base}/api/{fn.route:<28} ({fn.auth_level})"
+            )
         for name, timer in host.timers.items():
             print(f"  timer      {name}: '{timer.schedule}', next {host.next_fire(name):%H:%M:%S}")
         print(f"\n  MongoDB     {settings.mongodb_uri}")
@@ -92,7 +99,8 @@ def cmd_import_csv(args: argparse.Namespace) -> None:
     mapping = Mapping.load(args.mapping) if args.mapping else None
     path: Path = args.file
     try:
-        total = max(0, sum(1 for _ in path.open("rb")) - 1)
+        with path.open("rb") as lines:
+            total = max(0, sum(1 for _ in lines) - 1)  # for the progress bar
         handle = path.open(newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise SalesPredictError(f"Cannot read {path}: {exc.strerror}") from exc
@@ -162,8 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     try:
         args.run(args)
-    except SalesPredictError as exc:
-        parser.exit(2, f"salespredict: error: {exc}\n")
+    except (SalesPredictError, PyMongoError, psycopg2.Error, RedisError, OSError) as exc:
+        parser.exit(2, f"salespredict: error: {type(exc).__name__}: {exc}\n")
+    except subprocess.CalledProcessError as exc:
+        output = (exc.stderr or b"").decode(errors="replace")[-1000:]
+        parser.exit(2, f"salespredict: error: {exc}\n{output}\n")
     return 0
 
 

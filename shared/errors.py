@@ -6,11 +6,12 @@
     └── RequestError                the caller's request cannot be served -> problem+json
         ├── MalformedJson           400
         ├── NotFound                404
-        ├── MethodNotAllowed        405
         ├── PreconditionFailed      412
         ├── PayloadTooLarge         413
         ├── UnsupportedMediaType    415
-        └── InvalidInput            422, with the path of every invalid field
+        ├── InvalidInput            422, with the path of every invalid field
+        ├── InternalError           500, never with details
+        └── ServiceUnavailable      503, with Retry-After
 
 Handlers turn a ``RequestError`` into an RFC 9457 ``application/problem+json`` response; nothing
 the client sees ever contains a stack trace.
@@ -92,10 +93,6 @@ class NotFound(RequestError):
     status, title = 404, "Not found"
 
 
-class MethodNotAllowed(RequestError):
-    status, title = 405, "Method not allowed"
-
-
 class PreconditionFailed(RequestError):
     status, title = 412, "Precondition failed"
 
@@ -110,6 +107,14 @@ class UnsupportedMediaType(RequestError):
 
 class InvalidInput(RequestError):
     status, title = 422, "Invalid input"
+
+
+class InternalError(RequestError):
+    status, title = 500, "Internal error"
+
+
+class ServiceUnavailable(RequestError):
+    status, title = 503, "Service unavailable"
 
 
 def from_validation_error(exc: ValidationError) -> RequestError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,8 +21,10 @@ from pydantic import BaseModel
 
 from shared.errors import (
     DependencyUnavailable,
+    InternalError,
     PayloadTooLarge,
     RequestError,
+    ServiceUnavailable,
     UnsupportedMediaType,
 )
 from shared.settings import get_settings
@@ -32,6 +35,9 @@ PROBLEM_JSON = "application/problem+json"
 RETRY_AFTER_SECONDS = "5"
 
 Handler = Callable[[func.HttpRequest], func.HttpResponse]
+
+# A route parameter in an Azure route template: {id}, {id:int}, {*rest}
+ROUTE_PARAMETER = re.compile(r"\{(\*?)([A-Za-z_][A-Za-z0-9_]*)(?::([a-z]+))?(\??)\}")
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,7 @@ def registered_functions(app: func.FunctionApp) -> list[Any]:
     return list(app.get_functions())
 
 
-def read_json(req: func.HttpRequest, media_types: tuple[str, ...] = ("application/json",)) -> bytes:
+def read_json(req: func.HttpRequest) -> bytes:
     """The raw JSON body, after the size cap (413) and content-type (415) checks."""
     limit = get_settings().max_body_bytes
     declared = req.headers.get("content-length")
@@ -66,9 +72,9 @@ def read_json(req: func.HttpRequest, media_types: tuple[str, ...] = ("applicatio
     if len(body) > limit:
         raise PayloadTooLarge(f"The body is {len(body)} bytes; the limit is {limit} bytes.")
     content_type = (req.headers.get("content-type") or "").split(";")[0].strip().lower()
-    if content_type not in media_types:
+    if content_type != "application/json":
         raise UnsupportedMediaType(
-            f"Content-Type must be {' or '.join(media_types)}, not {content_type or 'missing'}."
+            f"Content-Type must be application/json, not {content_type or 'missing'}."
         )
     return body
 
@@ -93,22 +99,6 @@ def problem_response(error: RequestError, instance: str | None = None) -> func.H
         headers=error.headers or None,
         mimetype=PROBLEM_JSON,
         charset="utf-8",
-    )
-
-
-def unavailable_response(error: DependencyUnavailable, instance: str) -> func.HttpResponse:
-    body = {
-        "type": "about:blank",
-        "title": "Service unavailable",
-        "status": 503,
-        "detail": f"{error.dependency} did not answer in time; retry later.",
-        "instance": instance,
-    }
-    return func.HttpResponse(
-        json.dumps(body),
-        status_code=503,
-        headers={"Retry-After": RETRY_AFTER_SECONDS},
-        mimetype=PROBLEM_JSON,
     )
 
 
@@ -139,15 +129,13 @@ def endpoint(operation: Operation) -> Callable[[Handler], Handler]:
                 unavailable = _dependency_error(exc)
                 if unavailable is None:
                     log.exception("Unhandled error in %s", handler.__name__)
-                    return func.HttpResponse(
-                        json.dumps(
-                            {"type": "about:blank", "title": "Internal error", "status": 500}
-                        ),
-                        status_code=500,
-                        mimetype=PROBLEM_JSON,
-                    )
+                    return problem_response(InternalError("See the function's log."), instance)
                 log.warning("%s: %s", handler.__name__, unavailable)
-                return unavailable_response(unavailable, instance)
+                error = ServiceUnavailable(
+                    f"{unavailable.dependency} did not answer in time; retry later.",
+                    headers={"Retry-After": RETRY_AFTER_SECONDS},
+                )
+                return problem_response(error, instance)
 
         wrapper.operation = operation  # type: ignore[attr-defined]
         return wrapper

@@ -171,13 +171,7 @@ def _existing(cols: opportunities.Collections, external_ids: list[str]) -> set[s
     """The ids already imported; an import interrupted between a document and its event gets
     the missing event now, so a re-run leaves every imported opportunity complete."""
     docs = list(cols.opportunities.find({"external_id": {"$in": external_ids}}))
-    if docs:
-        have = {
-            e["_id"] for e in cols.events.find({"_id": {"$in": [f"{d['_id']}:1" for d in docs]}})
-        }
-        opportunities.insert_many_events(
-            cols, [d for d in docs if f"{d['_id']}:1" not in have], "imported"
-        )
+    opportunities.repair_events(cols, docs)
     return {d["external_id"] for d in docs}
 
 
@@ -226,13 +220,14 @@ def import_rows(
                     item.model_dump(exclude={"external_id", "created_at", "closed_at"}),
                     first + offset,
                     now,
+                    kind="imported",
                     external_id=item.external_id,
                     created_at=opportunities.aware(item.created_at),
                     closed_at=opportunities.aware(item.closed_at) if item.closed_at else None,
                 )
                 for offset, item in enumerate(new)
             ]
-            opportunities.insert_many(cols, docs, "imported")
+            opportunities.insert_many(cols, docs)
             summary.imported += len(new)
         if progress is not None:
             progress.update(len(batch))

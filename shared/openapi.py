@@ -6,17 +6,16 @@ from the ``Operation`` each handler carries. Nothing here is written twice.
 
 from __future__ import annotations
 
-import re
+import functools
 from typing import Any, Literal
 
 import azure.functions as func
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from shared.http import PROBLEM_JSON, Operation, registered_functions
+from shared.http import PROBLEM_JSON, ROUTE_PARAMETER, Operation, registered_functions
 
 ROUTE_PREFIX = "/api/"
-_PARAMETER = re.compile(r"\{\*?([A-Za-z_][A-Za-z0-9_]*)(?::[^}?]*)?\??\}")
 
 
 class FieldProblemDoc(BaseModel):
@@ -63,7 +62,9 @@ def http_operations(app: func.FunctionApp) -> list[tuple[str, list[str], str, Op
     return found
 
 
+@functools.cache
 def document(app: func.FunctionApp) -> dict[str, Any]:
+    """The document for ``app`` (built once: the registered functions do not change)."""
     operations = http_operations(app)
     models: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
         (Problem, "serialization")
@@ -78,10 +79,10 @@ def document(app: func.FunctionApp) -> dict[str, Any]:
 
     paths: dict[str, dict[str, Any]] = {}
     for route, methods, name, op, anonymous in operations:
-        path = ROUTE_PREFIX + _PARAMETER.sub(r"{\1}", route)
+        path = ROUTE_PREFIX + ROUTE_PARAMETER.sub(r"{\2}", route)
         parameters: list[dict[str, Any]] = [
-            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-            for p in _PARAMETER.findall(route)
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for _, name, _, _ in ROUTE_PARAMETER.findall(route)
         ]
         if op.query is not None:
             schema = op.query.model_json_schema()

@@ -18,11 +18,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -38,7 +39,7 @@ from pydantic_core import PydanticCustomError
 from pymongo import DESCENDING, ReturnDocument
 from pymongo.collection import Collection
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from shared import catalogs
 from shared.errors import (
@@ -51,13 +52,13 @@ from shared.errors import (
 from shared.settings import get_settings
 from shared.stores import mongo
 
-OPEN_STAGES = ("S1", "S2", "S3", "S4", "S5", "S6")
 CLOSED_STAGES = ("Won", "Lost")
 Stage = Literal["S1", "S2", "S3", "S4", "S5", "S6", "Won", "Lost"]
 
 MAX_ATTRIBUTE_DEPTH = 5
 MAX_ATTRIBUTE_KEYS = 200
 MAX_ATTRIBUTE_KEY_LENGTH = 100
+MAX_ATTRIBUTE_BYTES = 64 * 1024
 
 Code = Annotated[str, StringConstraints(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9_-]+$")]
 ClientCode = Annotated[str, StringConstraints(pattern=r"^CL-\d{5}$")]
@@ -74,14 +75,14 @@ def attribute_problems(value: Any, path: str = "attributes") -> list[FieldProble
 
     def walk(node: Any, node_path: str, level: int) -> None:
         nonlocal count
-        if isinstance(node, list):
-            for index, item in enumerate(node):
-                walk(item, f"{node_path}[{index}]", level)
-            return
-        if not isinstance(node, dict):
+        if not isinstance(node, dict | list):
             return
         if level > MAX_ATTRIBUTE_DEPTH:
             problems.append(FieldProblem(node_path, f"nested deeper than {MAX_ATTRIBUTE_DEPTH}"))
+            return
+        if isinstance(node, list):
+            for index, item in enumerate(node):
+                walk(item, f"{node_path}[{index}]", level + 1)
             return
         for key, item in node.items():
             count += 1
@@ -100,6 +101,8 @@ def attribute_problems(value: Any, path: str = "attributes") -> list[FieldProble
     walk(value, path, 1)
     if count > MAX_ATTRIBUTE_KEYS:
         problems.append(FieldProblem(path, f"more than {MAX_ATTRIBUTE_KEYS} keys in all"))
+    if len(json.dumps(value, default=str)) > MAX_ATTRIBUTE_BYTES:
+        problems.append(FieldProblem(path, f"larger than {MAX_ATTRIBUTE_BYTES} bytes as JSON"))
     return problems
 
 
@@ -129,7 +132,8 @@ class OpportunityFields(BaseModel):
         default_factory=dict,
         description=(
             "Free-form custom fields. Keys may not start with '$' or contain '.' or NUL; "
-            f"at most {MAX_ATTRIBUTE_DEPTH} levels and {MAX_ATTRIBUTE_KEYS} keys."
+            f"at most {MAX_ATTRIBUTE_DEPTH} levels, {MAX_ATTRIBUTE_KEYS} keys and "
+            f"{MAX_ATTRIBUTE_BYTES} bytes."
         ),
     )
 
@@ -333,23 +337,39 @@ def check_catalogs(fields: Mapping[str, Any], db: Database) -> list[FieldProblem
     ]
 
 
-def _event(
-    opp_id: str,
-    version: int,
-    kind: str,
-    at: datetime,
-    before: dict[str, Any] | None,
-    after: dict[str, Any],
-) -> dict[str, Any]:
+def event_of(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The event of a stored document's current version, from the ``last_event`` it carries.
+
+    Each write stores its event inside the document (atomically with the change) and then
+    appends it to ``events``; if the process dies in between, ``repair_events`` appends it later.
+    A first version's event holds the whole document as ``after``.
+    """
+    last = doc["last_event"]
+    after = last["after"]
+    if after is None:
+        after = {k: v for k, v in doc.items() if k != "last_event"}
     return {
-        "_id": f"{opp_id}:{version}",
-        "opportunity_id": opp_id,
-        "version": version,
-        "type": kind,
-        "at": at,
-        "before": before,
+        "_id": f"{doc['_id']}:{doc['version']}",
+        "opportunity_id": doc["_id"],
+        "version": doc["version"],
+        "type": last["type"],
+        "at": last["at"],
+        "before": last["before"],
         "after": after,
     }
+
+
+def repair_events(cols: Collections, docs: list[dict[str, Any]]) -> int:
+    """Append the events of ``docs``' current versions that ``events`` lacks; returns how many."""
+    ids = [f"{d['_id']}:{d['version']}" for d in docs if "last_event" in d]
+    have = {e["_id"] for e in cols.events.find({"_id": {"$in": ids}}, {"_id": 1})}
+    missing = [
+        event_of(d) for d in docs if "last_event" in d and f"{d['_id']}:{d['version']}" not in have
+    ]
+    if missing:
+        with contextlib.suppress(BulkWriteError):  # appended meanwhile by someone else
+            cols.events.insert_many(missing, ordered=False)
+    return len(missing)
 
 
 def new_document(
@@ -357,22 +377,23 @@ def new_document(
     seq: int,
     now: datetime,
     *,
+    kind: str = "captured",
     external_id: str | None = None,
     created_at: datetime | None = None,
     closed_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """The stored form of a new opportunity number ``seq``."""
+    """The stored form of a new opportunity number ``seq``, carrying its first event."""
+    closed = fields["stage"] in CLOSED_STAGES
     doc = {
         "_id": format_id(seq),
         "seq": seq,
         **_to_document(fields),
         "created_at": created_at or now,
         "updated_at": now,
-        "closed_at": closed_at if fields["stage"] in CLOSED_STAGES else None,
+        "closed_at": (closed_at or now) if closed else None,
         "version": 1,
+        "last_event": {"type": kind, "at": now, "before": None, "after": None},
     }
-    if doc["closed_at"] is None and fields["stage"] in CLOSED_STAGES:
-        doc["closed_at"] = now
     if external_id is not None:
         doc["external_id"] = external_id
     return doc
@@ -399,10 +420,15 @@ class Captured:
     replayed: bool
 
 
-def parse_new(body: bytes | str) -> NewOpportunity:
-    """Validate a capture body (400 for broken JSON, 422 for the schema)."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], data: bytes | str | Mapping[str, Any]) -> M:
+    """Validate a JSON body or a map of query parameters (400 broken JSON, 422 by field)."""
     try:
-        return NewOpportunity.model_validate_json(body)
+        if isinstance(data, bytes | str):
+            return model.model_validate_json(data)
+        return model.model_validate(dict(data))
     except ValidationError as exc:
         raise from_validation_error(exc) from None
 
@@ -445,7 +471,12 @@ def create(new: NewOpportunity, idempotency_key: str | None = None) -> Captured:
         except DuplicateKeyError:  # a concurrent request with the same key got there first
             record = cols.idempotency_keys.find_one({"_id": idempotency_key})
             return _replay(cols, new, record, request_hash)
-    return Captured(_store_new(cols, new, seq), replayed=False)
+    try:
+        return Captured(_store_new(cols, new, seq), replayed=False)
+    except InvalidInput:  # its external_id was stored meanwhile: forget the key too
+        if idempotency_key is not None:
+            cols.idempotency_keys.delete_one({"_id": idempotency_key})
+        raise
 
 
 def _replay(
@@ -477,7 +508,7 @@ def _store_new(cols: Collections, new: NewOpportunity, seq: int) -> dict[str, An
             ) from None
         doc = stored
     with contextlib.suppress(DuplicateKeyError):
-        cols.events.insert_one(_event(doc["_id"], 1, "captured", doc["created_at"], None, doc))
+        cols.events.insert_one(event_of(doc))
     return to_api(doc)
 
 
@@ -489,13 +520,6 @@ def get(opp_id: str) -> dict[str, Any]:
     if doc is None:
         raise NotFound(f"No opportunity {opp_id}.")
     return to_api(doc)
-
-
-def parse_query(params: Mapping[str, str]) -> ListQuery:
-    try:
-        return ListQuery.model_validate(dict(params))
-    except ValidationError as exc:
-        raise from_validation_error(exc) from None
 
 
 def _encode_cursor(seq: int) -> str:
@@ -550,13 +574,6 @@ def aware(moment: datetime) -> datetime:
 # --------------------------------------------------------------------------- update
 
 MAX_UPDATE_ATTEMPTS = 5
-
-
-def parse_patch(body: bytes | str) -> OpportunityPatch:
-    try:
-        return OpportunityPatch.model_validate_json(body)
-    except ValidationError as exc:
-        raise from_validation_error(exc) from None
 
 
 def parse_if_match(header: str | None) -> int | None:
@@ -617,8 +634,15 @@ def update(opp_id: str, patch: OpportunityPatch, expected_version: int | None) -
         version = doc["version"] + 1
         # A whole-document compare-and-swap on the version: nx-27017 stores a top-level
         # datetime given to $set as a string, while a replacement keeps its BSON types.
+        before = {k: doc.get(k) for k in stored_changes}
         replacement = {k: v for k, v in doc.items() if k != "_id"}
         replacement.update(stored_changes, updated_at=now, version=version)
+        replacement["last_event"] = {
+            "type": kind,
+            "at": now,
+            "before": before,
+            "after": stored_changes,
+        }
         updated = cols.opportunities.find_one_and_replace(
             {"_id": opp_id, "version": doc["version"]},
             replacement,
@@ -628,8 +652,8 @@ def update(opp_id: str, patch: OpportunityPatch, expected_version: int | None) -
             if expected_version is not None:
                 raise PreconditionFailed(f"{opp_id} changed while this update was applied.")
             continue
-        before = {k: doc.get(k) for k in stored_changes}
-        cols.events.insert_one(_event(opp_id, version, kind, now, before, stored_changes))
+        with contextlib.suppress(DuplicateKeyError):
+            cols.events.insert_one(event_of(updated))
         return to_api(updated)
     raise PreconditionFailed(f"{opp_id} is changing too often; retry.")
 
@@ -644,17 +668,8 @@ def purge_idempotency_keys(older_than: timedelta | None = None) -> int:
     return int(result.deleted_count)
 
 
-def insert_many(cols: Collections, docs: Iterable[dict[str, Any]], kind: str) -> None:
-    """Bulk-store new documents with their first event (the CSV import)."""
-    docs = list(docs)
+def insert_many(cols: Collections, docs: list[dict[str, Any]]) -> None:
+    """Bulk-store new documents, then their first events (the CSV import)."""
     if docs:
         cols.opportunities.insert_many(docs, ordered=False)
-        insert_many_events(cols, docs, kind)
-
-
-def insert_many_events(cols: Collections, docs: list[dict[str, Any]], kind: str) -> None:
-    """The first event of each of ``docs`` (stored documents at version 1)."""
-    if docs:
-        cols.events.insert_many(
-            [_event(d["_id"], 1, kind, d["updated_at"], None, d) for d in docs], ordered=False
-        )
+        cols.events.insert_many([event_of(d) for d in docs], ordered=False)

@@ -27,10 +27,10 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
 
-    mongodb_uri: str = Field("", alias="MONGODB_URI")
+    mongodb_uri: str = Field("", alias="MONGODB_URI", repr=False)  # may hold a password
     mongodb_database: str = Field("salespredict", alias="MONGODB_DATABASE", min_length=1)
-    postgres_dsn: str = Field("", alias="POSTGRES_DSN")
-    redis_url: str = Field("", alias="REDIS_URL")
+    postgres_dsn: str = Field("", alias="POSTGRES_DSN", repr=False)  # may hold a password
+    redis_url: str = Field("", alias="REDIS_URL", repr=False)  # may hold a password
     data_dir: Path = Field(Path(".salespredict"), alias="SALESPREDICT_DATA_DIR")
     function_key: str = Field("", alias="SALESPREDICT_FUNCTION_KEY", repr=False)
     admin_key: str = Field("", alias="SALESPREDICT_ADMIN_KEY", repr=False)
@@ -89,7 +89,7 @@ def load_settings(
 ) -> Settings:
     """Read settings from ``environ`` (default: the process environment) over local settings."""
     env = dict(os.environ if environ is None else environ)
-    local_path = local_settings or Path(env.get("SALESPREDICT_LOCAL_SETTINGS", LOCAL_SETTINGS_FILE))
+    local_path = local_settings or Path(LOCAL_SETTINGS_FILE)
     values = {**read_local_settings(local_path), **env}
     try:
         return Settings.model_validate(values)

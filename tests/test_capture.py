@@ -238,14 +238,10 @@ def test_stale_if_match_is_412_and_changes_nothing(api: httpx.Client, db) -> Non
     assert counts(db) == (1, 2)
 
 
-def test_patch_accepts_merge_patch_and_refuses_other_types(api: httpx.Client) -> None:
+def test_patch_refuses_other_content_types_and_oversized_bodies(api: httpx.Client) -> None:
     api.post("/opportunities", json=opportunity())
-    ok = api.patch(
-        "/opportunities/OP-000001",
-        content=b'{"stage": "S2"}',
-        headers={"content-type": "application/merge-patch+json"},
-    )
-    assert ok.status_code == 200
+    huge = api.patch("/opportunities/OP-000001", json={"notes": "x" * 300_000})
+    assert huge.status_code == 413
     refused = api.patch(
         "/opportunities/OP-000001",
         content=b"stage=S3",
@@ -343,3 +339,39 @@ def test_an_interrupted_capture_is_finished_by_its_retry(api: httpx.Client, db) 
     again = api.post("/opportunities", json=opportunity(), headers=headers)
     assert again.status_code == 201 and again.json() == first
     assert counts(db) == (1, 1)
+
+
+def test_lists_nest_as_deep_as_maps(api: httpx.Client) -> None:
+    nested: list = [1]
+    for _ in range(6):
+        nested = [nested]
+    response = api.post("/opportunities", json=opportunity(attributes={"a": nested}))
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["message"].startswith("nested deeper than")
+
+
+def test_filter_by_business_unit_and_seller(api: httpx.Client) -> None:
+    api.post("/opportunities", json=opportunity(business_unit="BU-01", seller_id="NV-1"))
+    api.post("/opportunities", json=opportunity(business_unit="BU-02", seller_id="NV-1"))
+    api.post("/opportunities", json=opportunity(business_unit="BU-01", seller_id="NV-2"))
+
+    def ids(**params):
+        return [
+            i["opportunity_id"] for i in api.get("/opportunities", params=params).json()["items"]
+        ]
+
+    assert ids(business_unit="BU-01") == ["OP-000003", "OP-000001"]
+    assert ids(seller_id="NV-1") == ["OP-000002", "OP-000001"]
+    assert ids(business_unit="BU-01", seller_id="NV-1") == ["OP-000001"]
+
+
+def test_an_event_lost_to_a_crash_is_repaired_from_the_document(api: httpx.Client, db) -> None:
+    from shared.opportunities import collections, repair_events
+
+    api.post("/opportunities", json=opportunity())
+    api.patch("/opportunities/OP-000001", json={"stage": "Won"})
+    expected = list(db.events.find().sort("version", 1))
+    db.events.delete_many({})  # as if the process died after each document write
+    assert repair_events(collections(), list(db.opportunities.find())) == 1
+    assert repair_events(collections(), list(db.opportunities.find())) == 0
+    assert db.events.find_one({"_id": "OP-000001:2"}) == expected[1]

@@ -41,6 +41,21 @@ def test_the_host_serves_exactly_the_registered_http_functions(host) -> None:
     assert set(local.timers) == timers == {"purge_idempotency_keys"}
 
 
+def test_every_registered_route_answers_over_http_with_its_methods_only(host) -> None:
+    local, base = host
+    allowed: dict[str, set[str]] = {}
+    for fn in local.http.values():
+        allowed.setdefault(fn.route, set()).update(fn.methods)
+    for route, methods in allowed.items():
+        url = base + "/api/" + route.replace("{id}", "OP-000001")
+        for method in ("GET", "POST", "PATCH", "PUT", "DELETE"):
+            response = httpx.request(
+                method, url, headers={"x-functions-key": FUNCTION_KEY}, json={}
+            )
+            served = response.status_code != 405 and "No function serves" not in response.text
+            assert served == (method in methods), (method, route, response.status_code)
+
+
 def test_unregistered_paths_are_404(host) -> None:
     _, base = host
     for path in ("/api/nothing", "/api/opportunities/OP-1/extra", "/opportunities", "/"):

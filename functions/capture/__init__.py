@@ -16,7 +16,6 @@ from shared.opportunities import (
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
 
-PATCH_TYPES = ("application/json", "application/merge-patch+json")
 KEY_PARAMETER = "code"
 
 
@@ -36,7 +35,7 @@ def _opportunity_response(
     )
 )
 def capture_opportunity(req: func.HttpRequest) -> func.HttpResponse:
-    new = opportunities.parse_new(read_json(req))
+    new = opportunities.parse(NewOpportunity, read_json(req))
     result = opportunities.create(new, req.headers.get("idempotency-key"))
     location = f"/api/opportunities/{result.opportunity['opportunity_id']}"
     extra = {"Idempotent-Replayed": "true"} if result.replayed else {}
@@ -53,7 +52,8 @@ def capture_opportunity(req: func.HttpRequest) -> func.HttpResponse:
 )
 def list_opportunities(req: func.HttpRequest) -> func.HttpResponse:
     params = {k: v for k, v in req.params.items() if k != KEY_PARAMETER}
-    return json_response(opportunities.list_page(opportunities.parse_query(params)))
+    query = opportunities.parse(opportunities.ListQuery, params)
+    return json_response(opportunities.list_page(query))
 
 
 @bp.route(route="opportunities/{id}", methods=["GET"])
@@ -72,7 +72,7 @@ def get_opportunity(req: func.HttpRequest) -> func.HttpResponse:
     )
 )
 def update_opportunity(req: func.HttpRequest) -> func.HttpResponse:
-    patch = opportunities.parse_patch(read_json(req, PATCH_TYPES))
+    patch = opportunities.parse(OpportunityPatch, read_json(req))
     expected = opportunities.parse_if_match(req.headers.get("if-match"))
     return _opportunity_response(opportunities.update(req.route_params["id"], patch, expected))
 

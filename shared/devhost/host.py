@@ -34,31 +34,30 @@ from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
 from shared.errors import SettingsError
-from shared.http import registered_functions
+from shared.http import ROUTE_PARAMETER, registered_functions
 from shared.settings import Settings
 
 log = logging.getLogger("salespredict.host")
 
 ROUTE_PREFIX = "/api"
 MAX_REQUEST_BYTES = 100 * 1024 * 1024  # the Functions host's own limit
-_TEMPLATE = re.compile(r"\{(\*?)([A-Za-z_][A-Za-z0-9_]*)(?::([a-z]+))?\}")
 _CONVERTERS = {None: "", "int": "int:", "float": "float:", "alpha": "", "guid": ""}
 
 
 def werkzeug_rule(route: str) -> str:
     """An Azure route template (``items/{id}``, ``{id:int}``, ``{*rest}``) as a werkzeug rule."""
-    if "?" in route:
-        raise SettingsError(f"The local host does not serve optional route parameters: {route}")
 
     def convert(match: re.Match[str]) -> str:
-        catch_all, name, constraint = match.groups()
+        catch_all, name, constraint, optional = match.groups()
+        if optional:
+            raise SettingsError(f"The local host does not serve optional route parameters: {route}")
         if catch_all:
             return f"<path:{name}>"
         if constraint not in _CONVERTERS:
             raise SettingsError(f"Unsupported route constraint {constraint!r} in {route}")
         return f"<{_CONVERTERS[constraint]}{name}>"
 
-    return f"{ROUTE_PREFIX}/{_TEMPLATE.sub(convert, route.strip('/'))}"
+    return f"{ROUTE_PREFIX}/{ROUTE_PARAMETER.sub(convert, route.strip('/'))}"
 
 
 def _value(enum_or_str: Any) -> str:
@@ -90,6 +89,11 @@ def _invoke(call: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
     return call(**kwargs)
 
 
+def _given_key(request: Request) -> str:
+    """The function key a caller sent, as the Functions host accepts it."""
+    return request.headers.get("x-functions-key") or request.args.get("code") or ""
+
+
 def _problem(
     status: int, title: str, detail: str, headers: dict[str, str] | None = None
 ) -> Response:
@@ -117,13 +121,15 @@ class LocalHost:
                 continue
             call = function.get_user_function()
             if trigger.type == "httpTrigger":
-                methods = tuple(_value(m) for m in (trigger.methods or ["GET", "POST"]))
+                methods = tuple(_value(m) for m in trigger.methods or ())  # none: every method
                 fn = HttpFunction(
                     name, trigger.route or name, methods, _value(trigger.auth_level),
                     trigger.name, call,
                 )  # fmt: skip
                 self.http[name] = fn
-                rules.append(Rule(werkzeug_rule(fn.route), endpoint=name, methods=list(methods)))
+                rules.append(
+                    Rule(werkzeug_rule(fn.route), endpoint=name, methods=list(methods) or None)
+                )
             elif trigger.type == "timerTrigger":
                 self.timers[name] = TimerFunction(
                     name, self.resolve(trigger.schedule), bool(trigger.run_on_startup),
@@ -183,7 +189,7 @@ class LocalHost:
     def _authorised(self, request: Request, level: str) -> bool:
         if level == "anonymous":
             return True
-        given = request.headers.get("x-functions-key") or request.args.get("code") or ""
+        given = _given_key(request)
         keys = [self.settings.admin_key]
         if level == "function":
             keys.append(self.settings.function_key)
@@ -222,8 +228,7 @@ class LocalHost:
         return Response(result.get_body(), result.status_code, headers)
 
     def _admin_run(self, request: Request, name: str) -> Response:
-        given = request.headers.get("x-functions-key") or request.args.get("code") or ""
-        if not hmac.compare_digest(given.encode(), self.settings.admin_key.encode()):
+        if not hmac.compare_digest(_given_key(request).encode(), self.settings.admin_key.encode()):
             return _problem(401, "Unauthorized", "Running a function needs the admin key.")
         if name not in self.timers:
             return _problem(404, "Not found", f"No non-HTTP function named {name}.")

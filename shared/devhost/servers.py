@@ -227,7 +227,7 @@ def read_state(data_dir: Path) -> dict[str, str]:
         state = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    if not psutil.pid_exists(state.get("owner_pid", -1)) or state.get("owner_pid") == os.getpid():
+    if not psutil.pid_exists(state.get("owner_pid", -1)):
         _kill_orphans(state)
         return {}
     urls = {name: s["url"] for name, s in state.get("servers", {}).items()}
@@ -249,14 +249,18 @@ def _kill_orphans(state: dict) -> None:
 class EmbeddedServers:
     """Start the named embedded servers on ``data_dir``; stop them on ``stop()`` or exit."""
 
-    def __init__(self, data_dir: Path, names: list[str]) -> None:
+    def __init__(self, data_dir: Path, names: list[str], record: bool = True) -> None:
+        """``record``: write servers.json so that other commands attach (off when another
+        process already recorded its own servers on this folder)."""
         self.data_dir = data_dir.resolve()
         self.names = names
+        self.record = record
         self.running: dict[str, Running] = {}
 
     def start(self) -> dict[str, str]:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        read_state(self.data_dir)  # stops orphans of a dead owner before reusing the folders
+        if self.record:
+            read_state(self.data_dir)  # stops orphans of a dead owner before reusing the folders
         try:
             for name in self.names:
                 log.info("Starting embedded %s in %s", name, self.data_dir)
@@ -264,7 +268,8 @@ class EmbeddedServers:
         except BaseException:
             self.stop()
             raise
-        self._write_state()
+        if self.record:
+            self._write_state()
         return self.urls
 
     @property
@@ -325,8 +330,10 @@ def attached(settings: Settings) -> Iterator[Settings]:
         yield settings
         return
     recorded = read_state(settings.data_dir)
-    if all(name in recorded for name in missing):
-        yield with_urls(settings, recorded)
+    settings = with_urls(settings, recorded)
+    rest = missing_servers(settings)
+    if not rest:
+        yield settings
         return
-    with EmbeddedServers(settings.data_dir, missing) as servers:
+    with EmbeddedServers(settings.data_dir, rest, record=not recorded) as servers:
         yield with_urls(settings, servers.urls)
