@@ -132,6 +132,34 @@ def cmd_catalog(args: argparse.Namespace) -> None:
                 print(f"{name}: {', '.join(sorted(codes))}")
 
 
+def cmd_migrate(args: argparse.Namespace) -> None:
+    from shared.etl.migrate import migrate
+    from shared.stores import postgres
+
+    with app_settings(), postgres.connection() as conn:
+        applied = migrate(conn)
+    names = ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
+    print(f"Applied {names}." if applied else "The database is up to date.")
+
+
+def cmd_etl(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from shared.etl import pipeline
+
+    with app_settings(), tqdm(total=pipeline.pending(args.full), unit="doc", desc="etl") as bar:
+        result = pipeline.run(args.full, on_batch=lambda _, n: bar.update(n))
+    print(result.summary())
+
+
+def cmd_powerbi(args: argparse.Namespace) -> None:
+    from shared import powerbi
+
+    with app_settings() as settings:
+        args.out.write_text(powerbi.dumps(settings.postgres_dsn, args.mode), encoding="utf-8")
+    print(f"Wrote {args.out}: open it in Power BI Desktop and pick the views of `reporting`.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="salespredict", description="Capture opportunities and predict their outcome."
@@ -149,6 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--mapping", type=Path, help="TOML file mapping CSV columns to fields")
     imp.add_argument("--rejects", type=Path, help="write rejected rows and reasons to this CSV")
     imp.set_defaults(run=cmd_import_csv)
+
+    mig = sub.add_parser("migrate", help="apply the reporting database's pending migrations")
+    mig.set_defaults(run=cmd_migrate)
+
+    etl = sub.add_parser("etl", help="load new and changed opportunities into PostgreSQL")
+    etl.add_argument("--full", action="store_true", help="rebuild the reporting tables")
+    etl.set_defaults(run=cmd_etl)
+
+    pbi = sub.add_parser("powerbi", help="write a Power BI connection file (.pbids)")
+    pbi.add_argument("--out", type=Path, required=True, help="e.g. salespredict.pbids")
+    pbi.add_argument("--mode", choices=["Import", "DirectQuery"], default="Import")
+    pbi.set_defaults(run=cmd_powerbi)
 
     cat = sub.add_parser("catalog", help="list or extend the catalogs of allowed codes")
     cat_sub = cat.add_subparsers(dest="action", required=True)

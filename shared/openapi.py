@@ -37,6 +37,7 @@ class Problem(BaseModel):
 STATUS_TEXT = {
     200: "OK",
     201: "Created",
+    204: "Done; no content",
     400: "Malformed JSON",
     401: "Missing or wrong function key",
     404: "Not found",

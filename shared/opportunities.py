@@ -515,11 +515,21 @@ def _store_new(cols: Collections, new: NewOpportunity, seq: int) -> dict[str, An
 # --------------------------------------------------------------------------- read
 
 
-def get(opp_id: str) -> dict[str, Any]:
-    doc = collections().opportunities.find_one({"_id": opp_id})
-    if doc is None:
+def _live(cols: Collections, opp_id: str, expected_version: int | None = None) -> dict[str, Any]:
+    """The stored document (404 if absent or deleted; 412 if not at ``expected_version``)."""
+    doc = cols.opportunities.find_one({"_id": opp_id})
+    if doc is None or doc.get("deleted_at") is not None:
         raise NotFound(f"No opportunity {opp_id}.")
-    return to_api(doc)
+    if expected_version is not None and doc["version"] != expected_version:
+        raise PreconditionFailed(
+            f"{opp_id} is at version {doc['version']}, not {expected_version}; "
+            "read it again and reapply your change."
+        )
+    return doc
+
+
+def get(opp_id: str) -> dict[str, Any]:
+    return to_api(_live(collections(), opp_id))
 
 
 def _encode_cursor(seq: int) -> str:
@@ -546,6 +556,7 @@ def list_page(query: ListQuery) -> dict[str, Any]:
         for name in ("stage", "region", "seller_id", "business_unit")
         if (value := getattr(query, name)) is not None
     }
+    flt["deleted_at"] = None
     created: dict[str, datetime] = {}
     if query.created_from is not None:
         created["$gte"] = aware(query.created_from)
@@ -601,14 +612,7 @@ def update(opp_id: str, patch: OpportunityPatch, expected_version: int | None) -
     cols = collections()
     changes = patch.model_dump(exclude_unset=True)
     for _ in range(MAX_UPDATE_ATTEMPTS):
-        doc = cols.opportunities.find_one({"_id": opp_id})
-        if doc is None:
-            raise NotFound(f"No opportunity {opp_id}.")
-        if expected_version is not None and doc["version"] != expected_version:
-            raise PreconditionFailed(
-                f"{opp_id} is at version {doc['version']}, not {expected_version}; "
-                "read it again and reapply your change."
-            )
+        doc = _live(cols, opp_id, expected_version)
         current = _fields_of(doc)
         merged = {**current, **changes}
         if merged["stage"] != "Lost" and "lost_reason" not in changes:
@@ -630,32 +634,53 @@ def update(opp_id: str, patch: OpportunityPatch, expected_version: int | None) -
             closed_at = now if valid["stage"] in CLOSED_STAGES else None
             if closed_at != doc.get("closed_at"):
                 changed["closed_at"] = closed_at
-        stored_changes = _to_document(changed)
-        version = doc["version"] + 1
-        # A whole-document compare-and-swap on the version: nx-27017 stores a top-level
-        # datetime given to $set as a string, while a replacement keeps its BSON types.
-        before = {k: doc.get(k) for k in stored_changes}
-        replacement = {k: v for k, v in doc.items() if k != "_id"}
-        replacement.update(stored_changes, updated_at=now, version=version)
-        replacement["last_event"] = {
-            "type": kind,
-            "at": now,
-            "before": before,
-            "after": stored_changes,
-        }
-        updated = cols.opportunities.find_one_and_replace(
-            {"_id": opp_id, "version": doc["version"]},
-            replacement,
-            return_document=ReturnDocument.AFTER,
-        )
-        if updated is None:
-            if expected_version is not None:
-                raise PreconditionFailed(f"{opp_id} changed while this update was applied.")
-            continue
+        updated = _compare_and_swap(cols, doc, _to_document(changed), kind, now)
+        if updated is not None:
+            return to_api(updated)
+        if expected_version is not None:
+            raise PreconditionFailed(f"{opp_id} changed while this update was applied.")
+    raise PreconditionFailed(f"{opp_id} is changing too often; retry.")
+
+
+def delete(opp_id: str, expected_version: int | None) -> None:
+    """Soft-delete: the document stays (with ``deleted_at``) so the ETL can mark its rows."""
+    cols = collections()
+    for _ in range(MAX_UPDATE_ATTEMPTS):
+        doc = _live(cols, opp_id, expected_version)
+        now = now_utc()
+        if _compare_and_swap(cols, doc, {"deleted_at": now}, "deleted", now) is not None:
+            return
+        if expected_version is not None:
+            raise PreconditionFailed(f"{opp_id} changed while it was being deleted.")
+    raise PreconditionFailed(f"{opp_id} is changing too often; retry.")
+
+
+def _compare_and_swap(
+    cols: Collections, doc: dict[str, Any], changes: dict[str, Any], kind: str, now: datetime
+) -> dict[str, Any] | None:
+    """Write ``changes`` as the next version of ``doc`` unless someone else wrote it first.
+
+    A whole-document replacement guarded by the version: nx-27017 stores a top-level datetime
+    given to ``$set`` as a string, while a replacement keeps its BSON types. The change's event
+    rides in the document (``last_event``) and is then appended to ``events``.
+    """
+    replacement = {k: v for k, v in doc.items() if k != "_id"}
+    replacement.update(changes, updated_at=now, version=doc["version"] + 1)
+    replacement["last_event"] = {
+        "type": kind,
+        "at": now,
+        "before": {k: doc.get(k) for k in changes},
+        "after": changes,
+    }
+    updated = cols.opportunities.find_one_and_replace(
+        {"_id": doc["_id"], "version": doc["version"]},
+        replacement,
+        return_document=ReturnDocument.AFTER,
+    )
+    if updated is not None:
         with contextlib.suppress(DuplicateKeyError):
             cols.events.insert_one(event_of(updated))
-        return to_api(updated)
-    raise PreconditionFailed(f"{opp_id} is changing too often; retry.")
+    return updated
 
 
 # --------------------------------------------------------------------------- housekeeping

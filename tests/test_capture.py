@@ -171,7 +171,7 @@ def test_missing_or_wrong_key_is_401(host) -> None:
 def test_unknown_id_is_404_and_unsupported_method_is_405(api: httpx.Client) -> None:
     response = api.get("/opportunities/OP-999999")
     assert response.status_code == 404 and response.json()["status"] == 404
-    response = api.delete("/opportunities/OP-000001")
+    response = api.put("/opportunities/OP-000001", json={})
     assert response.status_code == 405 and "PATCH" in response.headers["allow"]
     assert api.patch("/opportunities/OP-999999", json={"stage": "S2"}).status_code == 404
 
@@ -375,3 +375,18 @@ def test_an_event_lost_to_a_crash_is_repaired_from_the_document(api: httpx.Clien
     assert repair_events(collections(), list(db.opportunities.find())) == 1
     assert repair_events(collections(), list(db.opportunities.find())) == 0
     assert db.events.find_one({"_id": "OP-000001:2"}) == expected[1]
+
+
+def test_delete_is_soft_and_hides_the_opportunity(api: httpx.Client, db) -> None:
+    api.post("/opportunities", json=opportunity())
+    api.post("/opportunities", json=opportunity())
+    assert api.delete("/opportunities/OP-000001", headers={"If-Match": '"7"'}).status_code == 412
+    assert api.delete("/opportunities/OP-000001").status_code == 204
+    assert api.get("/opportunities/OP-000001").status_code == 404
+    assert api.patch("/opportunities/OP-000001", json={"stage": "S2"}).status_code == 404
+    assert api.delete("/opportunities/OP-000001").status_code == 404
+    listed = api.get("/opportunities").json()["items"]
+    assert [i["opportunity_id"] for i in listed] == ["OP-000002"]
+    stored = db.opportunities.find_one({"_id": "OP-000001"})
+    assert stored["deleted_at"].tzinfo is not None and stored["version"] == 2
+    assert db.events.find_one({"_id": "OP-000001:2"})["type"] == "deleted"

@@ -38,7 +38,7 @@ def test_the_host_serves_exactly_the_registered_http_functions(host) -> None:
         for f in registered_functions(app)
         if f.get_trigger().type == "timerTrigger"
     }
-    assert set(local.timers) == timers == {"purge_idempotency_keys"}
+    assert set(local.timers) == timers == {"purge_idempotency_keys", "run_etl"}
 
 
 def test_every_registered_route_answers_over_http_with_its_methods_only(host) -> None:

@@ -77,6 +77,20 @@ def update_opportunity(req: func.HttpRequest) -> func.HttpResponse:
     return _opportunity_response(opportunities.update(req.route_params["id"], patch, expected))
 
 
+@bp.route(route="opportunities/{id}", methods=["DELETE"])
+@endpoint(
+    Operation(
+        "Delete an opportunity (soft: reporting keeps it, marked deleted)",
+        responses={204: None, 404: None, 412: None},
+        headers=("If-Match",),
+    )
+)
+def delete_opportunity(req: func.HttpRequest) -> func.HttpResponse:
+    expected = opportunities.parse_if_match(req.headers.get("if-match"))
+    opportunities.delete(req.route_params["id"], expected)
+    return func.HttpResponse(status_code=204)
+
+
 @bp.route(route="catalogs", methods=["GET"])
 @endpoint(Operation("The allowed codes of each categorical field", responses={200: None}))
 def get_catalogs(req: func.HttpRequest) -> func.HttpResponse:

@@ -1,0 +1,1 @@
+"""MongoDB -> PostgreSQL: migrations, transforms and the incremental run."""
