@@ -11,8 +11,10 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
+import psycopg2
 import pytest
 
 from shared.devhost.host import LocalHost
@@ -62,6 +64,28 @@ def settings(server_settings: Settings) -> Iterator[Settings]:
     yield mine
     mongo.client().drop_database(mine.mongodb_database)
     use_settings(server_settings)
+
+
+def database_dsn(dsn: str, name: str) -> str:
+    """``dsn`` pointing at database ``name`` of the same server."""
+    return urlsplit(dsn)._replace(path=f"/{name}").geturl()
+
+
+@pytest.fixture
+def pg(settings: Settings, server_settings: Settings) -> Iterator[Settings]:
+    """``settings`` with a PostgreSQL database of this test's own, dropped afterwards."""
+    name = settings.mongodb_database
+    admin = psycopg2.connect(server_settings.postgres_dsn)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    mine = settings.model_copy(update={"postgres_dsn": database_dsn(settings.postgres_dsn, name)})
+    use_settings(mine)
+    yield mine
+    use_settings(settings)
+    with admin.cursor() as cur:
+        cur.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    admin.close()
 
 
 @pytest.fixture

@@ -54,25 +54,30 @@ def migrate(conn: Connection) -> list[Migration]:
     """Apply the pending migrations, each in its own transaction; returns those applied."""
     applied_now = []
     for migration in available():
-        with conn, conn.cursor() as cur:
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
-            cur.execute(
-                """CREATE TABLE IF NOT EXISTS schema_migration (
-                       version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,
-                       applied_at timestamptz NOT NULL DEFAULT now())"""
-            )
-            cur.execute("SELECT version, name, checksum FROM schema_migration ORDER BY version")
-            applied = {version: (name, checksum) for version, name, checksum in cur.fetchall()}
-            _check(applied)
-            if migration.version in applied:
-                continue
-            log.info("Applying migration %04d_%s", migration.version, migration.name)
-            cur.execute(migration.sql)
-            cur.execute(
-                "INSERT INTO schema_migration (version, name, checksum) VALUES (%s, %s, %s)",
-                (migration.version, migration.name, migration.checksum),
-            )
-            applied_now.append(migration)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+                cur.execute(
+                    """CREATE TABLE IF NOT EXISTS schema_migration (
+                           version integer PRIMARY KEY, name text NOT NULL,
+                           checksum text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"""
+                )
+                cur.execute("SELECT version, name, checksum FROM schema_migration")
+                applied = {version: (name, checksum) for version, name, checksum in cur}
+                _check(applied)
+                if migration.version not in applied:
+                    log.info("Applying migration %04d_%s", migration.version, migration.name)
+                    cur.execute(migration.sql)
+                    cur.execute(
+                        "INSERT INTO schema_migration (version, name, checksum) "
+                        "VALUES (%s, %s, %s)",
+                        (migration.version, migration.name, migration.checksum),
+                    )
+                    applied_now.append(migration)
+            conn.commit()
+        except BaseException:
+            conn.rollback()
+            raise
     return applied_now
 
 
