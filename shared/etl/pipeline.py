@@ -15,9 +15,13 @@ the same code, so a rebuild yields exactly what the incremental runs built.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
+import queue
+import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -94,6 +98,10 @@ class RunResult:
 # ------------------------------------------------------------------------------- loading
 
 
+_COPY_ESCAPES = re.compile(r"[\\\t\n\r]")
+_COPY_ESCAPED = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
 def _copy_text(value: Any) -> str:
     """A value in PostgreSQL's COPY text format."""
     if value is None:
@@ -101,14 +109,9 @@ def _copy_text(value: Any) -> str:
     if isinstance(value, bool):
         return "t" if value else "f"
     if isinstance(value, datetime | date):
-        value = value.isoformat()
-    return (
-        str(value)
-        .replace("\\", "\\\\")
-        .replace("\t", "\\t")
-        .replace("\n", "\\n")
-        .replace("\r", "\\r")
-    )
+        return value.isoformat()
+    text = str(value)
+    return _COPY_ESCAPES.sub(lambda m: _COPY_ESCAPED[m.group()], text)
 
 
 def _upsert(cur: Cursor, stream: Stream, rows: list[transform.Row]) -> int:
@@ -227,6 +230,39 @@ def _batches(docs: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[st
         yield batch
 
 
+def _prefetched(batches: Iterator[list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
+    """``batches``, read one ahead in a thread: MongoDB serves the next batch while this one is
+    transformed and loaded."""
+    ahead: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                ahead.put(("batch", batch))
+            ahead.put(("end", None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            ahead.put(("error", exc))
+
+    reader = threading.Thread(target=read, name="etl-read", daemon=True)
+    reader.start()
+    try:
+        while True:
+            kind, item = ahead.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise item
+            yield item
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            ahead.get_nowait()  # unblock a reader waiting to put
+        reader.join(timeout=30)
+
+
 def _key(stream: Stream, doc: dict[str, Any]) -> Watermark | None:
     ts = doc.get(stream.ts_field)
     if not isinstance(ts, datetime) or not isinstance(doc.get("_id"), str):
@@ -262,7 +298,8 @@ def _run_stream(
         [(stream.ts_field, 1), ("_id", 1)]
     )
     cols = opportunities.collections()
-    for batch in _batches(cursor.batch_size(settings.etl_batch_size), settings.etl_batch_size):
+    batches = _batches(cursor.batch_size(settings.etl_batch_size), settings.etl_batch_size)
+    for batch in _prefetched(batches):
         if stream.name == "opportunities":
             opportunities.repair_events(cols, [d for d in batch if "version" in d])
         rows: list[transform.Row] = []
