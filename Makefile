@@ -28,6 +28,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/capture.py
+	$(BIN)/python bench/etl.py
 
 clean:
 	rm -rf $(VENV) .salespredict .pytest_cache .mypy_cache .ruff_cache

@@ -41,6 +41,7 @@ class Settings(BaseModel):
     etl_schedule: str = Field("0 */5 * * * *", alias="ETL_SCHEDULE")
     etl_batch_size: int = Field(1000, alias="ETL_BATCH_SIZE", ge=1, le=100_000)
     etl_lag_seconds: int = Field(30, alias="ETL_LAG_SECONDS", ge=1, le=86_400)
+    etl_read_timeout_ms: int = Field(300_000, alias="ETL_READ_TIMEOUT_MS", ge=1000)
 
     @field_validator("mongodb_uri")
     @classmethod

@@ -293,7 +293,7 @@ def _run_stream(
     conn.commit()
     run.watermark_from[stream.name] = run.watermark_to[stream.name] = start
     since = start.ts - timedelta(seconds=settings.etl_lag_seconds)
-    collection = mongo.database()[stream.collection]
+    collection = mongo.database(settings.etl_read_timeout_ms)[stream.collection]
     cursor = collection.find({stream.ts_field: {"$gte": since}}).sort(
         [(stream.ts_field, 1), ("_id", 1)]
     )
@@ -346,8 +346,8 @@ def _marks(marks: dict[str, Watermark]) -> dict[str, dict[str, str]]:
 
 def pending(full: bool = False) -> int:
     """About how many documents a run would read (for a progress bar)."""
+    db = mongo.database(get_settings().etl_read_timeout_ms)
     if full:
-        db = mongo.database()
         return sum(db[s.collection].estimated_document_count() for s in STREAMS)
     with postgres.connection() as conn, conn.cursor() as cur:
         migrate(conn)
@@ -355,8 +355,7 @@ def pending(full: bool = False) -> int:
         total = 0
         for stream in STREAMS:
             since = _read_watermark(cur, stream).ts - lag
-            collection = mongo.database()[stream.collection]
-            total += collection.count_documents({stream.ts_field: {"$gte": since}})
+            total += db[stream.collection].count_documents({stream.ts_field: {"$gte": since}})
         return total
 
 

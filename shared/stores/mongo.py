@@ -11,30 +11,34 @@ from pymongo.database import Database
 from shared.settings import get_settings
 
 _lock = threading.Lock()
-_client: MongoClient | None = None
+_clients: dict[int, MongoClient] = {}
 
 
-def client() -> MongoClient:
-    """The process's MongoClient, created on first use with the configured timeouts."""
-    global _client
+def client(socket_timeout_ms: int | None = None) -> MongoClient:
+    """The process's MongoClient, created on first use with the configured timeouts.
+
+    Requests use ``DEPENDENCY_TIMEOUT_MS`` for every wait; batch work (the ETL's long sorted
+    reads) asks for a client whose socket waits ``socket_timeout_ms`` instead.
+    """
+    settings = get_settings()
+    timeout = settings.dependency_timeout_ms
+    socket_timeout = socket_timeout_ms or timeout
     with _lock:
-        if _client is None:
-            settings = get_settings()
-            timeout = settings.dependency_timeout_ms
-            _client = MongoClient(
+        if socket_timeout not in _clients:
+            _clients[socket_timeout] = MongoClient(
                 settings.require("mongodb_uri"),
                 tz_aware=True,
                 serverSelectionTimeoutMS=timeout,
                 connectTimeoutMS=timeout,
-                socketTimeoutMS=timeout,
+                socketTimeoutMS=socket_timeout,
                 appname="salespredict",
             )
-        return _client
+        return _clients[socket_timeout]
 
 
-def database() -> Database:
+def database(socket_timeout_ms: int | None = None) -> Database:
     """The app's database (``MONGODB_DATABASE``)."""
-    return client()[get_settings().mongodb_database]
+    return client(socket_timeout_ms)[get_settings().mongodb_database]
 
 
 def ping() -> float:
@@ -45,8 +49,7 @@ def ping() -> float:
 
 
 def reset() -> None:
-    global _client
     with _lock:
-        if _client is not None:
-            _client.close()
-        _client = None
+        for each in _clients.values():
+            each.close()
+        _clients.clear()
