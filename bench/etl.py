@@ -25,7 +25,7 @@ from tqdm import tqdm
 from shared import opportunities
 from shared.devhost.servers import EmbeddedServers, missing_servers, with_urls
 from shared.etl import pipeline
-from shared.settings import load_settings, use_settings
+from shared.settings import get_settings, load_settings, use_settings
 from shared.stores import mongo
 
 FIELDS = {
@@ -53,7 +53,7 @@ def load(n: int) -> None:
 
 
 def raw_read() -> float:
-    db = mongo.database()
+    db = mongo.database(get_settings().etl_read_timeout_ms)  # the ETL's client settings
     start = time.perf_counter()
     count = sum(1 for name in ("opportunities", "events") for _ in db[name].find({}))
     return count / (time.perf_counter() - start)
