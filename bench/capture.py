@@ -14,20 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 import uuid
 from contextlib import ExitStack
 from datetime import UTC, datetime
-from pathlib import Path
 
 import azure.functions as func
 from pymongo import MongoClient, ReturnDocument
+from servers import bench_settings
 
 from functions.capture import capture_opportunity
-from shared.devhost.servers import EmbeddedServers
 from shared.opportunities import collections
-from shared.settings import load_settings, use_settings
+from shared.settings import use_settings
 
 BODY = json.dumps(
     {
@@ -76,11 +74,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     with ExitStack() as stack:
-        settings = load_settings(local_settings=Path("/nonexistent"))
-        if not settings.mongodb_uri:
-            data = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            servers = stack.enter_context(EmbeddedServers(data, ["mongodb"]))
-            settings = settings.model_copy(update={"mongodb_uri": servers.urls["mongodb"]})
+        settings = bench_settings(stack, {"mongodb"})
         client: MongoClient = stack.enter_context(MongoClient(settings.mongodb_uri, tz_aware=True))
         ours_rates, raw_rates = [], []
         for repeat in range(args.repeats):

@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 import uuid
 from contextlib import ExitStack
 from datetime import timedelta
-from pathlib import Path
 
+from servers import bench_settings
 from tqdm import tqdm
 
 from shared import opportunities
-from shared.devhost.servers import EmbeddedServers, missing_servers, with_urls
 from shared.etl import pipeline
-from shared.settings import get_settings, load_settings, use_settings
+from shared.settings import get_settings, use_settings
 from shared.stores import mongo
 
 FIELDS = {
@@ -71,12 +69,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     with ExitStack() as stack:
-        settings = load_settings(local_settings=Path("/nonexistent"))
-        missing = [m for m in missing_servers(settings) if m != "redis"]
-        if missing:
-            data = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            servers = stack.enter_context(EmbeddedServers(data, missing))
-            settings = with_urls(settings, servers.urls)
+        settings = bench_settings(stack, {"mongodb", "postgres"})
         database = f"bench_{uuid.uuid4().hex[:8]}"
         use_settings(settings.model_copy(update={"mongodb_database": database}))
         stack.callback(lambda: mongo.client().drop_database(database))
