@@ -509,6 +509,7 @@ def _store_new(cols: Collections, new: NewOpportunity, seq: int) -> dict[str, An
         doc = stored
     with contextlib.suppress(DuplicateKeyError):
         cols.events.insert_one(event_of(doc))
+    count_changes(cols)
     return to_api(doc)
 
 
@@ -680,6 +681,7 @@ def _compare_and_swap(
     if updated is not None:
         with contextlib.suppress(DuplicateKeyError):
             cols.events.insert_one(event_of(updated))
+        count_changes(cols)
     return updated
 
 
@@ -698,3 +700,16 @@ def insert_many(cols: Collections, docs: list[dict[str, Any]]) -> None:
     if docs:
         cols.opportunities.insert_many(docs, ordered=False)
         cols.events.insert_many([event_of(d) for d in docs], ordered=False)
+        count_changes(cols, len(docs))
+
+
+def count_changes(cols: Collections, n: int = 1) -> None:
+    """Count ``n`` finished writes. The ETL skips its reads while this count stands still;
+    writers count *after* writing, so every write a count covers is already readable."""
+    cols.counters.update_one({"_id": "changes"}, {"$inc": {"n": n}}, upsert=True)
+
+
+def changes(cols: Collections) -> int:
+    """How many writes have been counted so far."""
+    counter = cols.counters.find_one({"_id": "changes"})
+    return int(counter["n"]) if counter else 0

@@ -87,7 +87,11 @@ def test_running_twice_changes_nothing(pg, db) -> None:
     tables, marks = snapshot(), watermarks()
     second = pipeline.run()
     assert second.upserted == 0 and snapshot() == tables and watermarks() == marks
-    assert query("SELECT status, count(*) FROM etl_run GROUP BY 1") == [("succeeded", 2)]
+    assert second.unchanged and second.read == 0  # nothing was written: nothing is read
+    change("OP-000003", notes="called back")
+    third = pipeline.run()
+    assert not third.unchanged and third.upserted == 1
+    assert query("SELECT status, count(*) FROM etl_run GROUP BY 1") == [("succeeded", 3)]
 
 
 def test_incremental_runs_equal_a_full_rebuild(pg, db) -> None:
@@ -209,6 +213,7 @@ def test_a_late_write_with_an_older_timestamp_is_not_missed(pg, db) -> None:
     db.opportunities.replace_one(
         {"_id": "OP-000001"}, {**late, "stage": "S5", "version": 2, "updated_at": late_time}
     )
+    opportunities.count_changes(opportunities.collections())  # as the app counts every write
     pipeline.run()
     assert query("SELECT stage FROM fact_opportunity WHERE opportunity_id = 'OP-000001'") == [
         ("S5",)

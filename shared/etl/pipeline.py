@@ -8,6 +8,10 @@ For each stream (opportunities by ``updated_at``, events by ``at``):
    staging table and upsert, where an older ``version`` never overwrites a newer one;
 3. commit the rows, the rejects, the run's counters and the new watermark in one transaction.
 
+Writers count their writes in MongoDB once done (``opportunities.count_changes``); a run that
+finds the count where the last successful run left it reads nothing (a cheap no-op run even
+where the server cannot use the ``updated_at`` index for a range, as nx-27017 cannot).
+
 A crash loses at most the batch in flight, and the next run reloads it. Two runs never overlap
 (a PostgreSQL advisory lock); ``full`` empties the facts and the watermarks first and then runs
 the same code, so a rebuild yields exactly what the incremental runs built.
@@ -85,10 +89,13 @@ class RunResult:
     watermark_from: dict[str, Watermark] = field(default_factory=dict)
     watermark_to: dict[str, Watermark] = field(default_factory=dict)
     seconds: float = 0.0
+    unchanged: bool = False
 
     def summary(self) -> str:
         if self.status == "skipped":
             return "Another ETL run is in progress; this one did nothing."
+        if self.unchanged:
+            return f"ETL run {self.run_id}: nothing changed in MongoDB since the last run."
         return (
             f"ETL run {self.run_id} {self.status}: {self.read:,} read, {self.upserted:,} "
             f"upserted, {self.rejected:,} rejected in {self.seconds:.2f} s."
@@ -411,8 +418,24 @@ def _locked_run(
         known_years = {int(year) for (year,) in cur.fetchall()}
     conn.commit()
     try:
-        for stream in STREAMS:
-            _run_stream(conn, run, stream, on_batch, known_years)
+        source_changes = opportunities.changes(opportunities.collections())
+        with conn.cursor() as cur:
+            cur.execute(
+                """SELECT source_changes FROM etl_run WHERE status = 'succeeded'
+                   ORDER BY run_id DESC LIMIT 1"""
+            )
+            last = cur.fetchone()
+            cur.execute(
+                "UPDATE etl_run SET source_changes = %s WHERE run_id = %s",
+                (source_changes, run.run_id),
+            )
+        conn.commit()
+        run.unchanged = not full and last is not None and last[0] == source_changes
+        if run.unchanged:
+            run.watermark_from, run.watermark_to = dict(marks), dict(marks)
+        else:
+            for stream in STREAMS:
+                _run_stream(conn, run, stream, on_batch, known_years)
     except Exception as exc:
         conn.rollback()
         run.status = "failed"
@@ -428,7 +451,8 @@ def _finish(conn: Connection, run: RunResult, error: str | None) -> None:
     try:
         with conn.cursor() as cur:
             cur.execute(
-                """UPDATE etl_run SET status = %s, error = %s, finished_at = now()
+                """UPDATE etl_run SET status = %s, error = %s, finished_at = now(),
+                          watermark_to = coalesce(watermark_to, watermark_from)
                    WHERE run_id = %s""",
                 (run.status, error[:2000] if error else None, run.run_id),
             )
