@@ -359,17 +359,31 @@ def event_of(doc: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def repair_events(cols: Collections, docs: list[dict[str, Any]]) -> int:
-    """Append the events of ``docs``' current versions that ``events`` lacks; returns how many."""
-    ids = [f"{d['_id']}:{d['version']}" for d in docs if "last_event" in d]
-    have = {e["_id"] for e in cols.events.find({"_id": {"$in": ids}}, {"_id": 1})}
-    missing = [
-        event_of(d) for d in docs if "last_event" in d and f"{d['_id']}:{d['version']}" not in have
-    ]
+def repair_events(cols: Collections, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Append the events of ``docs``' current versions that ``events`` lacks; returns them.
+
+    Documents without a readable ``last_event`` are left alone (the ETL rejects what it cannot
+    load; a malformed document must not stop the repair of the others).
+    """
+    events = []
+    for doc in docs:
+        with contextlib.suppress(KeyError, TypeError):
+            events.append(event_of(doc))
+    have = {e["_id"] for e in cols.events.find({"_id": {"$in": [e["_id"] for e in events]}})}
+    missing = [e for e in events if e["_id"] not in have]
     if missing:
-        with contextlib.suppress(BulkWriteError):  # appended meanwhile by someone else
-            cols.events.insert_many(missing, ordered=False)
-    return len(missing)
+        insert_events(cols, missing)
+        count_changes(cols, len(missing))
+    return missing
+
+
+def insert_events(cols: Collections, events: list[dict[str, Any]]) -> None:
+    """Append ``events``; one appended meanwhile by someone else (same id) is not an error."""
+    try:
+        cols.events.insert_many(events, ordered=False)
+    except BulkWriteError as exc:
+        if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+            raise
 
 
 def new_document(
@@ -507,9 +521,11 @@ def _store_new(cols: Collections, new: NewOpportunity, seq: int) -> dict[str, An
                 errors=[FieldProblem("external_id", "already recorded")],
             ) from None
         doc = stored
-    with contextlib.suppress(DuplicateKeyError):
-        cols.events.insert_one(event_of(doc))
-    count_changes(cols)
+    try:
+        with contextlib.suppress(DuplicateKeyError):
+            cols.events.insert_one(event_of(doc))
+    finally:
+        count_changes(cols)
     return to_api(doc)
 
 
@@ -665,6 +681,9 @@ def _compare_and_swap(
     given to ``$set`` as a string, while a replacement keeps its BSON types. The change's event
     rides in the document (``last_event``) and is then appended to ``events``.
     """
+    if "last_event" in doc:  # the previous change's event, if a crash kept it from ``events``
+        with contextlib.suppress(DuplicateKeyError):
+            cols.events.insert_one(event_of(doc))
     replacement = {k: v for k, v in doc.items() if k != "_id"}
     replacement.update(changes, updated_at=now, version=doc["version"] + 1)
     replacement["last_event"] = {
@@ -679,9 +698,11 @@ def _compare_and_swap(
         return_document=ReturnDocument.AFTER,
     )
     if updated is not None:
-        with contextlib.suppress(DuplicateKeyError):
-            cols.events.insert_one(event_of(updated))
-        count_changes(cols)
+        try:
+            with contextlib.suppress(DuplicateKeyError):
+                cols.events.insert_one(event_of(updated))
+        finally:
+            count_changes(cols)
     return updated
 
 
@@ -698,9 +719,11 @@ def purge_idempotency_keys(older_than: timedelta | None = None) -> int:
 def insert_many(cols: Collections, docs: list[dict[str, Any]]) -> None:
     """Bulk-store new documents, then their first events (the CSV import)."""
     if docs:
-        cols.opportunities.insert_many(docs, ordered=False)
-        cols.events.insert_many([event_of(d) for d in docs], ordered=False)
-        count_changes(cols, len(docs))
+        try:
+            cols.opportunities.insert_many(docs, ordered=False)
+            cols.events.insert_many([event_of(d) for d in docs], ordered=False)
+        finally:  # count even a partial write: the ETL must look
+            count_changes(cols, len(docs))
 
 
 def count_changes(cols: Collections, n: int = 1) -> None:

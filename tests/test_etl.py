@@ -65,9 +65,13 @@ def assert_equals_a_full_rebuild() -> None:
     incremental = snapshot()
     assert pipeline.run(full=True).status == "succeeded"
     assert snapshot() == incremental
-    ids = [d["_id"] for d in opportunities.collections().opportunities.find({}, {"_id": 1})]
+    cols = opportunities.collections()
+    ids = [d["_id"] for d in cols.opportunities.find({}, {"_id": 1})]
     loaded = [row[0] for row in incremental["fact_opportunity"]]
     assert sorted(loaded) == sorted(ids) and len(set(loaded)) == len(loaded)
+    moves = ("captured", "imported", "stage_changed", "closed")
+    events = [e["_id"] for e in cols.events.find({"type": {"$in": moves}}, {"_id": 1})]
+    assert sorted(row[0] for row in incremental["fact_stage_change"]) == sorted(events)
 
 
 def test_a_capture_reaches_the_reporting_views_in_one_timer_run(pg, api, host) -> None:
@@ -162,7 +166,9 @@ def test_a_killed_run_is_finished_by_the_next(pg, db) -> None:
         process.kill()
     loaded = query("SELECT count(*) FROM fact_opportunity")[0][0]
     assert 5 <= loaded < 60
+    marks = watermarks()
     result = pipeline.run()
+    assert watermarks()["opportunities"] > marks["opportunities"]
     assert result.status == "succeeded"
     assert query("SELECT status, error FROM etl_run ORDER BY run_id")[0] == (
         "failed",
@@ -249,7 +255,9 @@ def test_mongodb_down_fails_cleanly_with_the_watermark_unchanged(pg, tmp_path) -
     assert query("SELECT status FROM etl_run ORDER BY run_id") == [("succeeded",), ("failed",)]
 
 
-def test_postgres_down_mid_run_rolls_back_and_the_next_run_completes(settings, db, tmp_path):
+def test_postgres_stopped_between_batches_fails_the_run_and_the_next_completes(
+    settings, db, tmp_path
+):
     use_settings(settings)
     capture(9)
     with EmbeddedServers(tmp_path, ["postgres"]) as own:
@@ -271,3 +279,44 @@ def test_postgres_down_mid_run_rolls_back_and_the_next_run_completes(settings, d
         assert query("SELECT count(*) FROM fact_opportunity") == [(9,)]
         assert_equals_a_full_rebuild()
     use_settings(settings)
+
+
+def test_a_row_postgresql_refuses_is_rejected_alone(pg, db) -> None:
+    capture(2)
+    good = db.opportunities.find_one({"_id": "OP-000001"})
+    huge_id = "OP-" + os.urandom(6000).hex()  # past what a btree index entry can hold
+    db.opportunities.insert_one({**good, "_id": huge_id, "seq": 777})
+    result = pipeline.run()
+    assert result.status == "succeeded"
+    assert query("SELECT count(*) FROM fact_opportunity") == [(2,)]
+    rejects = query("SELECT stream, document_id, reason FROM etl_reject ORDER BY stream")
+    assert [stream for stream, _, _ in rejects] == ["events", "opportunities"]  # and its event
+    for _, document_id, reason in rejects:
+        assert huge_id.startswith(document_id.split(":")[0][:400])
+        assert reason.startswith("PostgreSQL refused it")
+
+
+def test_an_event_lost_to_a_crash_is_appended_and_loaded_in_the_same_run(pg, db) -> None:
+    capture(1)
+    change("OP-000001", stage="S3")
+    db.events.delete_one({"_id": "OP-000001:2"})  # as if the process died after the document
+    pipeline.run()
+    assert db.events.count_documents({"_id": "OP-000001:2"}) == 1
+    assert query("SELECT from_stage, to_stage FROM fact_stage_change ORDER BY version") == [
+        (None, "S1"),
+        ("S1", "S3"),
+    ]
+    assert_equals_a_full_rebuild()
+
+
+def test_a_failed_full_rebuild_leaves_the_tables_as_they_were(pg, db) -> None:
+    capture(4)
+    pipeline.run()
+    before = snapshot()
+
+    def crash(stream: str, size: int) -> None:
+        raise RuntimeError("injected crash")
+
+    with pytest.raises(RuntimeError):
+        pipeline.run(full=True, on_batch=crash)
+    assert snapshot() == before

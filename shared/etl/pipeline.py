@@ -9,12 +9,13 @@ For each stream (opportunities by ``updated_at``, events by ``at``):
 3. commit the rows, the rejects, the run's counters and the new watermark in one transaction.
 
 Writers count their writes in MongoDB once done (``opportunities.count_changes``); a run that
-finds the count where the last successful run left it reads nothing (a cheap no-op run even
-where the server cannot use the ``updated_at`` index for a range, as nx-27017 cannot).
+finds the count where the last run that read left it, less than an hour ago, reads nothing (a
+cheap no-op run even where the server cannot use the ``updated_at`` index for a range, as
+nx-27017 cannot; the hourly read catches a write whose count was lost to a crash).
 
 A crash loses at most the batch in flight, and the next run reloads it. Two runs never overlap
 (a PostgreSQL advisory lock); ``full`` empties the facts and the watermarks first and then runs
-the same code, so a rebuild yields exactly what the incremental runs built.
+the same code, so a rebuild yields what the incremental runs built, in one transaction.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ from shared.stores import mongo, postgres
 log = logging.getLogger(__name__)
 
 RUN_LOCK_KEY = 0x5A1E_E710  # pg_try_advisory_lock key: one run at a time
+MAX_REJECT_ID = 500
+RESYNC_SECONDS = 3600  # however still the change count, read at least this often
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -157,28 +160,36 @@ def _upsert(cur: Cursor, stream: Stream, rows: list[transform.Row]) -> int:
     return int(upserted)
 
 
+# Errors by which PostgreSQL refuses a row's values (classes 22, 23, 54): retried one by one.
+REFUSED = (psycopg2.DataError, psycopg2.IntegrityError, psycopg2.errors.ProgramLimitExceeded)
+
+
 def _load(
     cur: Cursor, stream: Stream, rows: list[transform.Row]
-) -> tuple[int, list[tuple[transform.Row, str]]]:
-    """Load ``rows``; if the database refuses one of them, load the rest one by one."""
+) -> tuple[int, list[tuple[int, str]]]:
+    """Load ``rows``; if PostgreSQL refuses one, load them one by one. Returns how many rows
+    were upserted and the (index, reason) of each refused row."""
     cur.execute("SAVEPOINT etl_batch")
     try:
         return _upsert(cur, stream, rows), []
-    except (psycopg2.DataError, psycopg2.IntegrityError):
+    except REFUSED:
         cur.execute("ROLLBACK TO SAVEPOINT etl_batch")
     upserted, refused = 0, []
-    for row in rows:
+    for index, row in enumerate(rows):
         cur.execute("SAVEPOINT etl_row")
         try:
             upserted += _upsert(cur, stream, [row])
-        except (psycopg2.DataError, psycopg2.IntegrityError) as exc:
+        except REFUSED as exc:
             cur.execute("ROLLBACK TO SAVEPOINT etl_row")
-            refused.append((row, f"PostgreSQL refused it: {exc.pgerror or exc}".strip()))
+            refused.append((index, f"PostgreSQL refused it: {exc.pgerror or exc}".strip()))
     return upserted, refused
 
 
 def _reject(cur: Cursor, run_id: int, stream: Stream, doc_id: str, reason: str, doc: Any) -> None:
+    """Record a document the ETL could not load (its id cut to fit an index; the whole document
+    is kept)."""
     document = transform.to_json(doc).replace("\\u0000", "\\ufffd")
+    doc_id = doc_id[:MAX_REJECT_ID]
     cur.execute(
         """INSERT INTO etl_reject (run_id, stream, document_id, document_hash, reason, document)
            VALUES (%s, %s, %s, %s, %s, %s)
@@ -239,19 +250,25 @@ def _batches(docs: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[st
 
 def _prefetched(batches: Iterator[list[dict[str, Any]]]) -> Iterator[list[dict[str, Any]]]:
     """``batches``, read one ahead in a thread: MongoDB serves the next batch while this one is
-    transformed and loaded."""
+    transformed and loaded. The reader stops soon after the consumer does, never blocking."""
     ahead: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=1)
     stop = threading.Event()
+
+    def hand_over(item: tuple[str, Any]) -> bool:
+        while not stop.is_set():
+            with contextlib.suppress(queue.Full):
+                ahead.put(item, timeout=0.1)
+                return True
+        return False
 
     def read() -> None:
         try:
             for batch in batches:
-                if stop.is_set():
+                if not hand_over(("batch", batch)):
                     return
-                ahead.put(("batch", batch))
-            ahead.put(("end", None))
+            hand_over(("end", None))
         except BaseException as exc:  # handed to the consumer, which raises it
-            ahead.put(("error", exc))
+            hand_over(("error", exc))
 
     reader = threading.Thread(target=read, name="etl-read", daemon=True)
     reader.start()
@@ -265,9 +282,7 @@ def _prefetched(batches: Iterator[list[dict[str, Any]]]) -> Iterator[list[dict[s
             yield item
     finally:
         stop.set()
-        with contextlib.suppress(queue.Empty):
-            ahead.get_nowait()  # unblock a reader waiting to put
-        reader.join(timeout=30)
+        reader.join(timeout=5)
 
 
 def _key(stream: Stream, doc: dict[str, Any]) -> Watermark | None:
@@ -287,17 +302,49 @@ def _latest_versions(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(latest.values())
 
 
+def _transform(
+    stream: Stream, docs: list[dict[str, Any]]
+) -> tuple[list[tuple[dict[str, Any], transform.Row]], list[tuple[dict[str, Any], str]]]:
+    """The rows of ``docs`` (each with its document) and the documents rejected, with why."""
+    rows, rejects = [], []
+    for doc in docs:
+        try:
+            row = stream.to_row(doc)
+        except transform.Rejected as exc:
+            rejects.append((doc, exc.reason))
+            continue
+        if row is not None:
+            rows.append((doc, row))
+    return rows, rejects
+
+
+def _store(
+    cur: Cursor, run: RunResult, stream: Stream, docs: list[dict[str, Any]], known_years: set[int]
+) -> tuple[int, int]:
+    """Load ``docs`` of ``stream`` (rejecting what cannot be loaded); (upserted, rejected)."""
+    rows, rejects = _transform(stream, docs)
+    upserted, refused = _load(cur, stream, [row for _, row in rows]) if rows else (0, [])
+    rejects += [(rows[index][0], reason) for index, reason in refused]
+    for doc, reason in rejects:
+        _reject(cur, run.run_id or 0, stream, str(doc.get("_id", "?")), reason, doc)
+    date_keys = [i for i, column in enumerate(stream.columns) if column.endswith("date_key")]
+    years = {row[i] // 10000 for _, row in rows for i in date_keys if row[i] is not None}
+    _calendar(cur, years, known_years)
+    return upserted, len(rejects)
+
+
 def _run_stream(
     conn: Connection,
     run: RunResult,
     stream: Stream,
     on_batch: Callable[[str, int], None] | None,
     known_years: set[int],
+    commit: Callable[[], None],
 ) -> None:
     settings = get_settings()
     with conn.cursor() as cur:
         start = _read_watermark(cur, stream)
-    conn.commit()
+    commit()
     run.watermark_from[stream.name] = run.watermark_to[stream.name] = start
     since = start.ts - timedelta(seconds=settings.etl_lag_seconds)
     collection = mongo.database(settings.etl_read_timeout_ms)[stream.collection]
@@ -306,45 +353,33 @@ def _run_stream(
     )
     cols = opportunities.collections()
     batches = _batches(cursor.batch_size(settings.etl_batch_size), settings.etl_batch_size)
-    for batch in _prefetched(batches):
-        if stream.name == "opportunities":
-            opportunities.repair_events(cols, [d for d in batch if "version" in d])
-        rows: list[transform.Row] = []
-        rejects: list[tuple[dict[str, Any], str]] = []
-        years: set[int] = set()
-        date_keys = [i for i, c in enumerate(stream.columns) if c.endswith("date_key")]
-        for doc in _latest_versions(batch):
-            try:
-                row = stream.to_row(doc)
-            except transform.Rejected as exc:
-                rejects.append((doc, exc.reason))
-                continue
-            if row is not None:
-                rows.append(row)
-                years.update(row[i] // 10000 for i in date_keys if row[i] is not None)
-        keys = [k for k in (_key(stream, d) for d in batch) if k is not None]
-        mark = max([run.watermark_to[stream.name], *keys])
-        with conn.cursor() as cur:
-            upserted, refused = _load(cur, stream, rows) if rows else (0, [])
-            rejects += [({"row": list(row)}, reason) for row, reason in refused]
-            for doc, reason in rejects:
-                _reject(cur, run.run_id or 0, stream, str(doc.get("_id", "?")), reason, doc)
-            _calendar(cur, years, known_years)
-            _save_watermark(cur, stream, mark)
-            cur.execute(
-                """UPDATE etl_run SET read = read + %s, upserted = upserted + %s,
-                          rejected = rejected + %s, watermark_to = %s WHERE run_id = %s""",
-                (len(batch), upserted, len(rejects),
-                 transform.to_json({**_marks(run.watermark_to), stream.name: mark.as_json()}),
-                 run.run_id),
-            )  # fmt: skip
-        conn.commit()
-        run.read += len(batch)
-        run.upserted += upserted
-        run.rejected += len(rejects)
-        run.watermark_to[stream.name] = mark
-        if on_batch is not None:
-            on_batch(stream.name, len(batch))
+    with cursor:
+        for batch in _prefetched(batches):
+            repaired = []
+            if stream is STREAMS[0]:  # events lost to a crash: appended and loaded now
+                repaired = opportunities.repair_events(cols, batch)
+            keys = [k for k in (_key(stream, d) for d in batch) if k is not None]
+            mark = max([run.watermark_to[stream.name], *keys])
+            with conn.cursor() as cur:
+                upserted, rejected = _store(cur, run, stream, _latest_versions(batch), known_years)
+                if repaired:
+                    more, also = _store(cur, run, STREAMS[1], repaired, known_years)
+                    upserted, rejected = upserted + more, rejected + also
+                _save_watermark(cur, stream, mark)
+                cur.execute(
+                    """UPDATE etl_run SET read = read + %s, upserted = upserted + %s,
+                              rejected = rejected + %s, watermark_to = %s WHERE run_id = %s""",
+                    (len(batch), upserted, rejected,
+                     transform.to_json({**_marks(run.watermark_to), stream.name: mark.as_json()}),
+                     run.run_id),
+                )  # fmt: skip
+            commit()
+            run.read += len(batch)
+            run.upserted += upserted
+            run.rejected += rejected
+            run.watermark_to[stream.name] = mark
+            if on_batch is not None:
+                on_batch(stream.name, len(batch))
 
 
 def _marks(marks: dict[str, Watermark]) -> dict[str, dict[str, str]]:
@@ -384,9 +419,10 @@ def run(full: bool = False, on_batch: Callable[[str, int], None] | None = None) 
         try:
             result = _locked_run(conn, full, on_batch)
         finally:
-            with conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_unlock(%s)", (RUN_LOCK_KEY,))
-            conn.commit()
+            with contextlib.suppress(psycopg2.Error):  # a lost connection has dropped it anyway
+                with conn.cursor() as cur:
+                    cur.execute("SELECT pg_advisory_unlock(%s)", (RUN_LOCK_KEY,))
+                conn.commit()
         broken = False
         result.seconds = time.perf_counter() - started
         log.info(result.summary())
@@ -404,10 +440,7 @@ def _locked_run(
                       error = 'abandoned: the process running it stopped'
                WHERE status = 'running'"""
         )
-        if full:
-            cur.execute("TRUNCATE fact_opportunity, fact_stage_change")
-            cur.execute("DELETE FROM etl_watermark")
-        marks = {s.name: _read_watermark(cur, s) for s in STREAMS}
+        marks = {s.name: Watermark() if full else _read_watermark(cur, s) for s in STREAMS}
         cur.execute(
             """INSERT INTO etl_run (kind, watermark_from, status) VALUES (%s, %s, 'running')
                RETURNING run_id""",
@@ -417,27 +450,36 @@ def _locked_run(
         cur.execute("SELECT DISTINCT year FROM dim_date")
         known_years = {int(year) for (year,) in cur.fetchall()}
     conn.commit()
+    # A full rebuild is one transaction: readers see the old tables until it commits whole.
+    commit: Callable[[], None] = (lambda: None) if full else conn.commit
     try:
         source_changes = opportunities.changes(opportunities.collections())
         with conn.cursor() as cur:
             cur.execute(
-                """SELECT source_changes FROM etl_run WHERE status = 'succeeded'
-                   ORDER BY run_id DESC LIMIT 1"""
+                """SELECT source_changes, started_at > now() - %s * interval '1 second'
+                   FROM etl_run WHERE status = 'succeeded' AND NOT skipped_reads
+                   ORDER BY run_id DESC LIMIT 1""",
+                (RESYNC_SECONDS,),
             )
             last = cur.fetchone()
+            run.unchanged = not full and last is not None and tuple(last) == (source_changes, True)
             cur.execute(
-                "UPDATE etl_run SET source_changes = %s WHERE run_id = %s",
-                (source_changes, run.run_id),
+                "UPDATE etl_run SET source_changes = %s, skipped_reads = %s WHERE run_id = %s",
+                (source_changes, run.unchanged, run.run_id),
             )
-        conn.commit()
-        run.unchanged = not full and last is not None and last[0] == source_changes
+            if full:
+                cur.execute("DELETE FROM fact_opportunity")
+                cur.execute("DELETE FROM fact_stage_change")
+                cur.execute("DELETE FROM etl_watermark")
+        commit()
         if run.unchanged:
             run.watermark_from, run.watermark_to = dict(marks), dict(marks)
         else:
             for stream in STREAMS:
-                _run_stream(conn, run, stream, on_batch, known_years)
+                _run_stream(conn, run, stream, on_batch, known_years, commit)
     except Exception as exc:
-        conn.rollback()
+        with contextlib.suppress(psycopg2.Error):
+            conn.rollback()
         run.status = "failed"
         _finish(conn, run, f"{type(exc).__name__}: {exc}")
         raise
