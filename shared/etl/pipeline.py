@@ -34,6 +34,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 from psycopg2 import sql
 from psycopg2.extensions import connection as Connection
 from psycopg2.extensions import cursor as Cursor
