@@ -15,6 +15,9 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from shared import opportunities
 from shared.devhost.servers import EmbeddedServers
@@ -320,3 +323,38 @@ def test_a_failed_full_rebuild_leaves_the_tables_as_they_were(pg, db) -> None:
     with pytest.raises(RuntimeError):
         pipeline.run(full=True, on_batch=crash)
     assert snapshot() == before
+
+
+OPERATIONS = st.lists(
+    st.one_of(
+        st.tuples(st.just("capture"), st.integers(0, 3)),
+        st.tuples(st.just("stage"), st.integers(0, 20), st.sampled_from(["S2", "S5", "Won"])),
+        st.tuples(st.just("delete"), st.integers(0, 20)),
+        st.tuples(st.just("etl")),
+    ),
+    max_size=12,
+)
+
+
+@hypothesis_settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(OPERATIONS)
+def test_property_runs_are_idempotent_and_equal_a_rebuild(pg, db, operations) -> None:
+    """Whatever was written, in whatever order with runs in between: a second run changes
+    nothing, and a full rebuild equals the incremental tables."""
+    for operation in operations:
+        live = [d["_id"] for d in db.opportunities.find({"deleted_at": None}, {"_id": 1})]
+        if operation[0] == "capture":
+            capture(1, territory=f"TE-0{operation[1]}")
+        elif operation[0] == "stage" and live:
+            change(live[operation[1] % len(live)], stage=operation[2])
+        elif operation[0] == "delete" and live:
+            opportunities.delete(live[operation[1] % len(live)], None)
+        elif operation[0] == "etl":
+            pipeline.run()
+    pipeline.run()
+    tables = snapshot()
+    assert pipeline.run().upserted == 0
+    assert snapshot() == tables
+    assert_equals_a_full_rebuild()
