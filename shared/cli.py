@@ -62,7 +62,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
     ensure_local_settings()
     with app_settings() as settings:
         from function_app import app
+        from shared.seed import seed_demo_if_empty
 
+        demo = seed_demo_if_empty(settings.demo_opportunities)
+        if demo is not None:
+            print(f"First start: demo history seeded. {demo.report()}")
         host = LocalHost(app, settings)
         base = host.start(args.host, args.port)
         print(f"\nsalespredict is serving {len(host.http)} HTTP function(s) at {base}/api/")
@@ -113,6 +117,16 @@ def cmd_import_csv(args: argparse.Namespace) -> None:
             writer.writerow(["line", "external_id", "reason"])
             writer.writerows((r.line, r.external_id, r.reason) for r in summary.rejected)
         print(f"Rejected rows written to {args.rejects}")
+
+
+def cmd_seed(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from shared.seed import seed
+
+    with app_settings(), tqdm(total=args.n, unit="opportunity", desc="seed") as bar:
+        summary = seed(args.n, args.seed, progress=bar.update)
+    print(summary.report())
 
 
 def cmd_catalog(args: argparse.Namespace) -> None:
@@ -177,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--mapping", type=Path, help="TOML file mapping CSV columns to fields")
     imp.add_argument("--rejects", type=Path, help="write rejected rows and reasons to this CSV")
     imp.set_defaults(run=cmd_import_csv)
+
+    sed = sub.add_parser("seed", help="generate a dummy company history (through the service)")
+    sed.add_argument("--n", type=int, default=2000, help="how many opportunities")
+    sed.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
+    sed.set_defaults(run=cmd_seed)
 
     mig = sub.add_parser("migrate", help="apply the reporting database's pending migrations")
     mig.set_defaults(run=cmd_migrate)

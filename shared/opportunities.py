@@ -282,6 +282,7 @@ def collections(db: Database | None = None) -> Collections:
                     result.opportunities.create_index(name)
                 result.opportunities.create_index("business_unit")
                 result.events.create_index("opportunity_id")
+                result.events.create_index("recorded_at")
                 result.idempotency_keys.create_index("created_at")
                 catalogs.seed(db)
                 _ready.add(key)
@@ -353,7 +354,8 @@ def event_of(doc: Mapping[str, Any]) -> dict[str, Any]:
         "opportunity_id": doc["_id"],
         "version": doc["version"],
         "type": last["type"],
-        "at": last["at"],
+        "at": last["at"],  # when it happened
+        "recorded_at": doc["updated_at"],  # when it was written here (what the ETL follows)
         "before": last["before"],
         "after": after,
     }
@@ -672,6 +674,21 @@ def delete(opp_id: str, expected_version: int | None) -> None:
     raise PreconditionFailed(f"{opp_id} is changing too often; retry.")
 
 
+def next_version(
+    doc: dict[str, Any], changes: dict[str, Any], kind: str, now: datetime
+) -> dict[str, Any]:
+    """``doc`` with stored ``changes`` applied as its next version, carrying that change's event."""
+    result = dict(doc)
+    result.update(changes, updated_at=now, version=doc["version"] + 1)
+    result["last_event"] = {
+        "type": kind,
+        "at": now,
+        "before": {k: doc.get(k) for k in changes},
+        "after": changes,
+    }
+    return result
+
+
 def _compare_and_swap(
     cols: Collections, doc: dict[str, Any], changes: dict[str, Any], kind: str, now: datetime
 ) -> dict[str, Any] | None:
@@ -684,14 +701,8 @@ def _compare_and_swap(
     if "last_event" in doc:  # the previous change's event, if a crash kept it from ``events``
         with contextlib.suppress(DuplicateKeyError):
             cols.events.insert_one(event_of(doc))
-    replacement = {k: v for k, v in doc.items() if k != "_id"}
-    replacement.update(changes, updated_at=now, version=doc["version"] + 1)
-    replacement["last_event"] = {
-        "type": kind,
-        "at": now,
-        "before": {k: doc.get(k) for k in changes},
-        "after": changes,
-    }
+    replacement = next_version(doc, changes, kind, now)
+    del replacement["_id"]
     updated = cols.opportunities.find_one_and_replace(
         {"_id": doc["_id"], "version": doc["version"]},
         replacement,
@@ -716,12 +727,15 @@ def purge_idempotency_keys(older_than: timedelta | None = None) -> int:
     return int(result.deleted_count)
 
 
-def insert_many(cols: Collections, docs: list[dict[str, Any]]) -> None:
-    """Bulk-store new documents, then their first events (the CSV import)."""
+def insert_many(
+    cols: Collections, docs: list[dict[str, Any]], events: list[dict[str, Any]] | None = None
+) -> None:
+    """Bulk-store new documents, then their events: the current version's of each document,
+    or ``events`` (a whole history, for generated data)."""
     if docs:
         try:
             cols.opportunities.insert_many(docs, ordered=False)
-            cols.events.insert_many([event_of(d) for d in docs], ordered=False)
+            cols.events.insert_many(events or [event_of(d) for d in docs], ordered=False)
         finally:  # count even a partial write: the ETL must look
             count_changes(cols, len(docs))
 

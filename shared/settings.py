@@ -38,6 +38,7 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(256 * 1024, alias="MAX_BODY_BYTES", ge=1024)
     idempotency_key_ttl_hours: int = Field(24, alias="IDEMPOTENCY_KEY_TTL_HOURS", ge=1)
     idempotency_purge_schedule: str = Field("0 0 * * * *", alias="IDEMPOTENCY_PURGE_SCHEDULE")
+    demo_opportunities: int = Field(2000, alias="DEMO_OPPORTUNITIES", ge=0)
     etl_schedule: str = Field("0 */5 * * * *", alias="ETL_SCHEDULE")
     etl_batch_size: int = Field(1000, alias="ETL_BATCH_SIZE", ge=1, le=100_000)
     etl_lag_seconds: int = Field(30, alias="ETL_LAG_SECONDS", ge=1, le=86_400)

@@ -8,6 +8,8 @@ servers; whatever is not given is started embedded, once per test session.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,9 +37,13 @@ def _base_environment() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def server_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """Settings pointing at real servers for the whole session."""
-    data_dir = tmp_path_factory.mktemp("servers")
+def server_settings() -> Iterator[Settings]:
+    """Settings pointing at real servers for the whole session.
+
+    Their data lives outside pytest's temporary folder: another pytest session resets that
+    folder to mode 0700, which would lock the embedded PostgreSQL (its own system user) out.
+    """
+    data_dir = Path(tempfile.mkdtemp(prefix="salespredict-test-"))
     base = load_settings(
         {
             **_base_environment(),
@@ -48,12 +54,15 @@ def server_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settin
         },
         local_settings=data_dir / "none.json",
     )
-    missing = missing_servers(base)
-    if not missing:
-        yield base
-        return
-    with EmbeddedServers(data_dir, missing) as servers:
-        yield with_urls(base, servers.urls)
+    try:
+        missing = missing_servers(base)
+        if not missing:
+            yield base
+        else:
+            with EmbeddedServers(data_dir, missing) as servers:
+                yield with_urls(base, servers.urls)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """The ETL run: MongoDB -> PostgreSQL, incremental, exactly-once in effect.
 
-For each stream (opportunities by ``updated_at``, events by ``at``):
+For each stream (opportunities by ``updated_at``, events by ``recorded_at``):
 
 1. read documents from the watermark ``(ts, _id)`` minus a lag window (``ETL_LAG_SECONDS``), so a
    write that lands late with an older timestamp is not missed, in ``(ts, _id)`` order;
@@ -78,7 +78,7 @@ class Stream:
 STREAMS = (
     Stream("opportunities", "opportunities", "updated_at", "fact_opportunity",
            transform.OPPORTUNITY_COLUMNS, transform.opportunity_row, guard_version=True),
-    Stream("events", "events", "at", "fact_stage_change",
+    Stream("events", "events", "recorded_at", "fact_stage_change",
            transform.STAGE_CHANGE_COLUMNS, transform.stage_change_row, guard_version=False),
 )  # fmt: skip
 
