@@ -4,7 +4,11 @@ read-only role and the .pbids connection file."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from decimal import Decimal
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -16,6 +20,8 @@ from shared.etl import pipeline
 from shared.stores import postgres
 from tests.conftest import opportunity
 from tests.test_etl import query
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # region, acv, final stage (S* stays open)
 DEALS = [
@@ -133,3 +139,33 @@ def test_the_pbids_file_names_the_server_and_database() -> None:
     assert default_port["details"]["address"]["server"] == "host"
     with pytest.raises(SettingsError):
         powerbi.connection_file("postgresql:///nodb")
+
+
+def test_the_cli_migrates_loads_rebuilds_and_writes_a_pbids_file(pg, tmp_path) -> None:
+    opportunities.create(
+        opportunities.parse(opportunities.NewOpportunity, json.dumps(opportunity()))
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "MONGODB_URI": pg.mongodb_uri,
+        "MONGODB_DATABASE": pg.mongodb_database,
+        "POSTGRES_DSN": pg.postgres_dsn,
+        "REDIS_URL": pg.redis_url,
+    }
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "shared.cli", *args], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "Applied 0001_star_schema, 0002_reporting, 0003_source_changes." in cli("migrate")
+    assert "up to date" in cli("migrate")
+    assert "succeeded: 2 read, 2 upserted, 0 rejected" in cli("etl")  # one opportunity, one move
+    assert "succeeded" in cli("etl", "--full")
+    assert query('SELECT count(*) FROM reporting."Opportunities"') == [(1,)]
+    cli("powerbi", "--out", "sales.pbids", "--mode", "DirectQuery")
+    pbids = json.loads((tmp_path / "sales.pbids").read_text())
+    assert pbids["connections"][0]["details"]["address"]["database"] == pg.mongodb_database
+    assert pbids["connections"][0]["mode"] == "DirectQuery"
