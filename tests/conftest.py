@@ -75,6 +75,19 @@ def settings(server_settings: Settings) -> Iterator[Settings]:
     use_settings(server_settings)
 
 
+def cli_environment(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment for a ``salespredict`` command talking to ``settings``' servers."""
+    return {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "MONGODB_URI": settings.mongodb_uri,
+        "MONGODB_DATABASE": settings.mongodb_database,
+        "POSTGRES_DSN": settings.postgres_dsn,
+        "REDIS_URL": settings.redis_url,
+        **extra,
+    }
+
+
 def database_dsn(dsn: str, name: str) -> str:
     """``dsn`` pointing at database ``name`` of the same server."""
     return urlsplit(dsn)._replace(path=f"/{name}").geturl()

@@ -25,7 +25,7 @@ from shared.etl import pipeline, transform
 from shared.etl.pipeline import RUN_LOCK_KEY
 from shared.settings import use_settings
 from shared.stores import postgres
-from tests.conftest import opportunity
+from tests.conftest import cli_environment, opportunity
 
 FACTS = ("fact_opportunity", "fact_stage_change", *sorted(transform.DIMENSIONS), "dim_date")
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,15 +145,7 @@ def test_a_crash_after_batch_k_loses_nothing_and_duplicates_nothing(pg, db) -> N
 
 def test_a_killed_run_is_finished_by_the_next(pg, db) -> None:
     capture(60)
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "MONGODB_URI": pg.mongodb_uri,
-        "MONGODB_DATABASE": pg.mongodb_database,
-        "POSTGRES_DSN": pg.postgres_dsn,
-        "REDIS_URL": pg.redis_url,
-        "ETL_BATCH_SIZE": "1",
-    }
+    env = cli_environment(pg, ETL_BATCH_SIZE="1")
     process = subprocess.Popen([sys.executable, "-m", "shared.cli", "etl"], env=env, cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:

@@ -4,11 +4,9 @@ read-only role and the .pbids connection file."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from decimal import Decimal
-from pathlib import Path
 
 import psycopg2
 import pytest
@@ -18,10 +16,8 @@ from shared.errors import SettingsError
 from shared.etl import migrate as migrations
 from shared.etl import pipeline
 from shared.stores import postgres
-from tests.conftest import opportunity
+from tests.conftest import cli_environment, opportunity
 from tests.test_etl import query
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # region, acv, final stage (S* stays open)
 DEALS = [
@@ -145,14 +141,7 @@ def test_the_cli_migrates_loads_rebuilds_and_writes_a_pbids_file(pg, tmp_path) -
     opportunities.create(
         opportunities.parse(opportunities.NewOpportunity, json.dumps(opportunity()))
     )
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "MONGODB_URI": pg.mongodb_uri,
-        "MONGODB_DATABASE": pg.mongodb_database,
-        "POSTGRES_DSN": pg.postgres_dsn,
-        "REDIS_URL": pg.redis_url,
-    }
+    env = cli_environment(pg)
 
     def cli(*args: str) -> str:
         done = subprocess.run([sys.executable, "-m", "shared.cli", *args], env=env, cwd=tmp_path,
