@@ -289,10 +289,14 @@ def collections(db: Database | None = None) -> Collections:
     return result
 
 
+def to_millis(moment: datetime) -> datetime:
+    """``moment`` at MongoDB's precision (milliseconds), so what is read equals what was written."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
 def now_utc() -> datetime:
-    """The current UTC time at MongoDB's precision (milliseconds), so reads equal writes."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+    """The current UTC time at MongoDB's precision."""
+    return to_millis(datetime.now(UTC))
 
 
 def format_id(seq: int) -> str:

@@ -126,7 +126,7 @@ def _history(
     at += step
     if at > now:
         return doc, events
-    at = at.replace(microsecond=at.microsecond // 1000 * 1000)
+    at = opportunities.to_millis(at)
     closing: dict[str, Any] = {"stage": "Won" if won else "Lost", "closed_at": at}
     if not won:
         closing["lost_reason"] = rng.choice(LOST_REASONS)
@@ -154,7 +154,7 @@ def seed(
         docs, events, truth = [], [], []
         for seq in range(first + offset, first + min(n, offset + BATCH_SIZE)):
             created = start + timedelta(seconds=rng.uniform(0, (now - start).total_seconds()))
-            created = created.replace(microsecond=created.microsecond // 1000 * 1000)
+            created = opportunities.to_millis(created)
             fields, p_win, cycle = company.draw(rng, created)
             won = rng.random() < p_win
             doc, history = _history(fields, seq, created, won, cycle, rng, now)
