@@ -68,6 +68,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
         if demo is not None:
             print(f"First start: demo history seeded. {demo.report()}")
         host = LocalHost(app, settings)
+        print("Loading the reporting database and the model (the ETL timer, run once now)...")
+        try:
+            host.run_timer("run_etl", "Run on startup of the local host")
+        except Exception as exc:  # the host still serves; the timer retries on its schedule
+            print(f"The first ETL run failed ({exc}); see the log above.")
         base = host.start(args.host, args.port)
         print(f"\nsalespredict is serving {len(host.http)} HTTP function(s) at {base}/api/")
         for fn in sorted(host.http.values(), key=lambda f: f.route):
@@ -160,10 +165,73 @@ def cmd_etl(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from shared.etl import pipeline
+    from shared.model import jobs
 
-    with app_settings(), tqdm(total=pipeline.pending(args.full), unit="doc", desc="etl") as bar:
-        result = pipeline.run(args.full, on_batch=lambda _, n: bar.update(n))
+    with app_settings():
+        with tqdm(total=pipeline.pending(args.full), unit="doc", desc="etl") as bar:
+            result = pipeline.run(args.full, on_batch=lambda _, n: bar.update(n))
+        print(result.summary())
+        if result.status == "succeeded":
+            print(jobs.after_load(result.upserted).summary())
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from shared.model import jobs
+
+    steps = ("reading closed deals", "fitting gradient_boosting", "fitting logistic_regression",
+             "measuring feature importance")  # fmt: skip
+    with app_settings(), tqdm(total=len(steps), desc="train", unit="step") as bar:
+
+        def progress(step: str) -> None:
+            bar.set_postfix_str(step)
+            bar.update(1)
+
+        result = jobs.train(seed=args.seed, progress=progress)
     print(result.summary())
+    print(json.dumps(result.metrics))
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from shared.model import registry
+    from shared.stores import postgres
+
+    with app_settings():
+        if args.action == "activate":
+            registry.activate(args.version)
+            print(f"Model version {args.version} is active.")
+        elif args.action == "rollback":
+            print(f"Rolled back: model version {registry.rollback()} is active.")
+        else:
+            with postgres.connection() as conn:
+                cards = registry.cards(conn)
+            if not cards:
+                print("No model yet: run `salespredict etl` or `salespredict train`.")
+            for card in cards:
+                metrics = card["metrics"]
+                print(
+                    f"{'*' if card['active'] else ' '} v{card['version']:<4} "
+                    f"{card['created_at']:%Y-%m-%d %H:%M}  {card['kind']:<20} "
+                    f"roc_auc {metrics.get('roc_auc', '-')!s:<7} n_train {metrics['n_train']:<6} "
+                    f"{card['decision']}"
+                )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from shared.model.evaluate import FOLDS, evaluate_csv
+
+    with tqdm(total=None if args.time else FOLDS, desc="evaluate", unit="fold",
+              file=sys.stderr) as bar:  # fmt: skip
+        result = evaluate_csv(
+            args.csv, args.target, args.positive, args.negative, args.id, args.time,
+            progress=bar.update,
+        )  # fmt: skip
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(json.dumps(result.metrics))
 
 
 def cmd_powerbi(args: argparse.Namespace) -> None:
@@ -200,7 +268,10 @@ def build_parser() -> argparse.ArgumentParser:
     mig = sub.add_parser("migrate", help="apply the reporting database's pending migrations")
     mig.set_defaults(run=cmd_migrate)
 
-    etl = sub.add_parser("etl", help="load new and changed opportunities into PostgreSQL")
+    etl = sub.add_parser(
+        "etl",
+        help="load new and changed opportunities into PostgreSQL, then train if due and score",
+    )
     etl.add_argument("--full", action="store_true", help="rebuild the reporting tables")
     etl.set_defaults(run=cmd_etl)
 
@@ -208,6 +279,32 @@ def build_parser() -> argparse.ArgumentParser:
     pbi.add_argument("--out", type=Path, required=True, help="e.g. salespredict.pbids")
     pbi.add_argument("--mode", choices=["Import", "DirectQuery"], default="Import")
     pbi.set_defaults(run=cmd_powerbi)
+
+    trn = sub.add_parser("train", help="train a model on the closed deals in PostgreSQL")
+    trn.add_argument("--seed", type=int, default=0, help="random seed (same data, same model)")
+    trn.set_defaults(run=cmd_train)
+
+    mod = sub.add_parser("models", help="list the model versions, activate one, or roll back")
+    mod_sub = mod.add_subparsers(dest="action", metavar="{list,activate,rollback}")
+    mod_sub.add_parser("list", help="every version, newest first; * marks the active one")
+    act = mod_sub.add_parser("activate", help="serve this version")
+    act.add_argument("version", type=int)
+    mod_sub.add_parser("rollback", help="serve the version that was active before this one")
+    mod.set_defaults(run=cmd_models, action="list")
+
+    ev = sub.add_parser("evaluate", help="train and evaluate on a CSV export; prints metrics")
+    ev.add_argument("--csv", type=Path, required=True, help="the CSV file")
+    ev.add_argument("--target", required=True, help="the outcome column")
+    ev.add_argument("--positive", action="append", required=True, help="a winning value")
+    ev.add_argument(
+        "--negative",
+        action="append",
+        default=[],
+        help="a losing value; other rows are dropped (default: all else loses)",
+    )
+    ev.add_argument("--id", action="append", default=[], help="an id column to drop")
+    ev.add_argument("--time", help="a date column: evaluate on the newest 20%% instead of CV")
+    ev.set_defaults(run=cmd_evaluate)
 
     cat = sub.add_parser("catalog", help="list or extend the catalogs of allowed codes")
     cat_sub = cat.add_subparsers(dest="action", required=True)

@@ -6,12 +6,15 @@
     └── RequestError                the caller's request cannot be served -> problem+json
         ├── MalformedJson           400
         ├── NotFound                404
+        ├── Conflict                409
+        │   └── NothingToRollBack   no earlier model to go back to
         ├── PreconditionFailed      412
         ├── PayloadTooLarge         413
         ├── UnsupportedMediaType    415
         ├── InvalidInput            422, with the path of every invalid field
         ├── InternalError           500, never with details
         └── ServiceUnavailable      503, with Retry-After
+            └── ArtifactTampered    a stored model's bytes do not match their SHA-256
 
 Handlers turn a ``RequestError`` into an RFC 9457 ``application/problem+json`` response; nothing
 the client sees ever contains a stack trace.
@@ -93,6 +96,14 @@ class NotFound(RequestError):
     status, title = 404, "Not found"
 
 
+class Conflict(RequestError):
+    status, title = 409, "Conflict"
+
+
+class NothingToRollBack(Conflict):
+    """There is no earlier activation to go back to."""
+
+
 class PreconditionFailed(RequestError):
     status, title = 412, "Precondition failed"
 
@@ -115,6 +126,10 @@ class InternalError(RequestError):
 
 class ServiceUnavailable(RequestError):
     status, title = 503, "Service unavailable"
+
+
+class ArtifactTampered(ServiceUnavailable):
+    """A model artifact whose SHA-256 differs from the one recorded when it was stored."""
 
 
 def from_validation_error(exc: ValidationError) -> RequestError:

@@ -63,7 +63,7 @@ class Company:
             for ind in codes["industry"]
         }
         self.clients = [f"CL-{i:05d}" for i in range(n_clients)]
-        self.client_loyalty = {c: rng.gauss(0, 0.7) for c in self.clients}
+        self.client_loyalty = {c: rng.gauss(0, 0.35) for c in self.clients}
         self.client_industry = {c: rng.choice(codes["industry"]) for c in self.clients}
 
     def draw(self, rng: random.Random, created: datetime) -> tuple[dict[str, Any], float, int]:
@@ -98,7 +98,6 @@ class Company:
             - (0.9 if acv > 250_000 else 0.0)  # a threshold: big deals are harder
             - 4.0 * (margin - 0.17)  # asking more margin loses deals
             + (0.5 if years >= 3 and self.seller_skill[fields["seller_id"]] > 0 else 0.0)
-            + rng.gauss(0, 0.4)
         )
         cycle = int(20 + 25 * math.log10(max(acv, 10)) * rng.uniform(0.5, 1.5))
         fields["expected_close_date"] = (created + timedelta(days=cycle)).date()
@@ -145,7 +144,7 @@ def seed(
     """Generate and store ``n`` opportunities (deterministic for a ``seed_value``)."""
     rng = random.Random(seed_value)
     now = now or opportunities.now_utc()
-    company = Company(rng, n_clients=max(20, n // 8))
+    company = Company(rng, n_clients=max(20, n // 40))
     cols = opportunities.collections()
     summary = SeedSummary()
     first = opportunities.reserve_ids(cols, n)

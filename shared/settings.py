@@ -15,6 +15,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from shared import schedule
 from shared.errors import SettingsError
 
 LOCAL_SETTINGS_FILE = "local.settings.json"
@@ -43,6 +44,20 @@ class Settings(BaseModel):
     etl_batch_size: int = Field(1000, alias="ETL_BATCH_SIZE", ge=1, le=100_000)
     etl_lag_seconds: int = Field(30, alias="ETL_LAG_SECONDS", ge=1, le=86_400)
     etl_read_timeout_ms: int = Field(300_000, alias="ETL_READ_TIMEOUT_MS", ge=1000)
+    train_schedule: str = Field("0 0 2 * * 0", alias="TRAIN_SCHEDULE")
+    train_min_new_closed: int = Field(200, alias="TRAIN_MIN_NEW_CLOSED", ge=1)
+    prediction_cache_ttl_seconds: int = Field(
+        86_400, alias="PREDICTION_CACHE_TTL_SECONDS", ge=1, le=30 * 86_400
+    )
+    cache_timeout_ms: Millis = Field(100, alias="CACHE_TIMEOUT_MS")
+
+    @field_validator("train_schedule")
+    @classmethod
+    def _ncrontab(cls, value: str) -> str:
+        try:
+            return schedule.check(value)
+        except SettingsError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("mongodb_uri")
     @classmethod

@@ -1,10 +1,11 @@
-"""Capture: create, read, list and update opportunities; serve the catalogs."""
+"""Capture: create, read, list and update opportunities (a new one answered with its
+prediction); serve the catalogs."""
 
 import logging
 
 import azure.functions as func
 
-from shared import catalogs, opportunities
+from shared import catalogs, opportunities, predictions
 from shared.http import Operation, endpoint, json_response, read_json
 from shared.opportunities import (
     NewOpportunity,
@@ -12,6 +13,7 @@ from shared.opportunities import (
     OpportunityPage,
     OpportunityPatch,
 )
+from shared.predictions import CapturedOpportunity
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
@@ -30,7 +32,7 @@ def _opportunity_response(
     Operation(
         "Record a new opportunity",
         request=NewOpportunity,
-        responses={201: Opportunity, 400: None, 413: None, 415: None, 422: None},
+        responses={201: CapturedOpportunity, 400: None, 413: None, 415: None, 422: None},
         headers=("Idempotency-Key",),
     )
 )
@@ -39,7 +41,8 @@ def capture_opportunity(req: func.HttpRequest) -> func.HttpResponse:
     result = opportunities.create(new, req.headers.get("idempotency-key"))
     location = f"/api/opportunities/{result.opportunity['opportunity_id']}"
     extra = {"Idempotent-Replayed": "true"} if result.replayed else {}
-    return _opportunity_response(result.opportunity, 201, Location=location, **extra)
+    captured = {**result.opportunity, "prediction": predictions.for_capture(result.opportunity)}
+    return _opportunity_response(captured, 201, Location=location, **extra)
 
 
 @bp.route(route="opportunities", methods=["GET"])

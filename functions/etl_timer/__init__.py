@@ -1,10 +1,12 @@
-"""The ETL timer: load new and changed opportunities into PostgreSQL for Power BI."""
+"""The ETL timer: load new and changed opportunities into PostgreSQL for Power BI, then the
+model step: train when due, score the open opportunities."""
 
 import logging
 
 import azure.functions as func
 
 from shared.etl import pipeline
+from shared.model import jobs
 
 bp = func.Blueprint()
 log = logging.getLogger(__name__)
@@ -14,4 +16,6 @@ log = logging.getLogger(__name__)
 def run_etl(timer: func.TimerRequest) -> None:
     if timer.past_due:
         log.info("The ETL timer is past due; running now.")
-    pipeline.run()  # logs what it did
+    loaded = pipeline.run()  # logs what it did
+    if loaded.status == "succeeded":
+        jobs.after_load(loaded.upserted)

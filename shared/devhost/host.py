@@ -27,7 +27,6 @@ from typing import Any
 
 import azure.functions as func
 from azure.functions.timer import TimerRequest
-from croniter import croniter
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.serving import BaseWSGIServer, make_server
@@ -35,6 +34,8 @@ from werkzeug.wrappers import Request, Response
 
 from shared.errors import SettingsError
 from shared.http import ROUTE_PARAMETER, registered_functions
+from shared.schedule import check as schedule_check
+from shared.schedule import next_fire as schedule_next_fire
 from shared.settings import Settings
 
 log = logging.getLogger("salespredict.host")
@@ -150,15 +151,7 @@ class LocalHost:
                 raise SettingsError(f"Timer schedule refers to unknown setting %{name}%")
             return str(values[name])
 
-        expression = re.sub(r"%([A-Za-z0-9_]+)%", setting, schedule)
-        if len(expression.split()) != 6 or not croniter.is_valid(
-            expression, second_at_beginning=True
-        ):
-            raise SettingsError(
-                f"Timer schedule {expression!r} is not a six-field NCRONTAB expression "
-                "(second minute hour day month day-of-week)"
-            )
-        return expression
+        return schedule_check(re.sub(r"%([A-Za-z0-9_]+)%", setting, schedule))
 
     # ----------------------------------------------------------------------------- HTTP
 
@@ -246,10 +239,7 @@ class LocalHost:
         self._run(name, reason, timer.call, {timer.arg_name: request})
 
     def next_fire(self, name: str, after: datetime | None = None) -> datetime:
-        start = after or datetime.now(UTC)
-        return croniter(  # type: ignore[no-any-return]
-            self.timers[name].schedule, start, second_at_beginning=True
-        ).get_next(datetime)
+        return schedule_next_fire(self.timers[name].schedule, after or datetime.now(UTC))
 
     def _schedule_loop(self, name: str) -> None:
         if self.timers[name].run_on_startup:

@@ -14,12 +14,13 @@ _client: redis.Redis | None = None
 
 
 def client() -> redis.Redis:
-    """The process's Redis client, created on first use with short timeouts."""
+    """The process's Redis client, created on first use with short timeouts (a slow cache is
+    skipped, never waited for)."""
     global _client
     with _lock:
         if _client is None:
             settings = get_settings()
-            timeout = settings.dependency_timeout_ms / 1000
+            timeout = settings.cache_timeout_ms / 1000
             _client = redis.Redis.from_url(
                 settings.require("redis_url"),
                 socket_timeout=timeout,

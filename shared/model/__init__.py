@@ -1,0 +1,1 @@
+"""The model: features, training and evaluation, the registry, explanations and the prior."""
