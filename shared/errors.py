@@ -139,8 +139,9 @@ def from_validation_error(exc: ValidationError) -> RequestError:
         ctx = err.get("ctx") or {}
         if err["type"] == "json_invalid":
             return MalformedJson(f"The body is not valid JSON: {ctx.get('error', err['msg'])}.")
-        if err["type"] == "unsafe_attributes":
-            problems.extend(FieldProblem(path, message) for path, message in ctx["problems"])
+        if err["type"] == "unsafe_attributes":  # paths from the attributes field down
+            parent = "".join(f"{p}." for p in err["loc"][:-1])
+            problems.extend(FieldProblem(parent + path, m) for path, m in ctx["problems"])
             continue
         message = err["msg"].removeprefix("Value error, ")
         problems.append(FieldProblem(".".join(str(p) for p in err["loc"]), message))

@@ -62,9 +62,10 @@ def registered_functions(app: func.FunctionApp) -> list[Any]:
     return list(app.get_functions())
 
 
-def read_json(req: func.HttpRequest) -> bytes:
-    """The raw JSON body, after the size cap (413) and content-type (415) checks."""
-    limit = get_settings().max_body_bytes
+def read_json(req: func.HttpRequest, limit: int | None = None) -> bytes:
+    """The raw JSON body, after the size cap (413; default ``MAX_BODY_BYTES``) and content-type
+    (415) checks."""
+    limit = limit or get_settings().max_body_bytes
     declared = req.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"The body is {declared} bytes; the limit is {limit} bytes.")

@@ -1,10 +1,11 @@
 """Predictions as the API serves them: validated input, the active model, the Redis cache.
 
-Cache keys are ``salespredict:prediction:<model version>:<feature-spec version>:<hash of the
-canonical features>``, so a new model or spec never serves an old answer and nothing is ever
-flushed; entries expire after ``PREDICTION_CACHE_TTL_SECONDS``. Within a process one computation
-per key runs at a time (the others wait for its answer). Redis has short timeouts; when it is slow
-or down the answer is computed and marked ``cache: bypass``, never failed.
+Cache keys are ``salespredict:prediction:<model version>-<artifact hash>:<feature-spec
+version>:<hash of the canonical features>``, so a new model or spec never serves an old answer
+and nothing is ever flushed; entries expire after ``PREDICTION_CACHE_TTL_SECONDS``. Within a
+process one computation per key runs at a time (the others wait for its answer). Redis has short
+timeouts; when it is slow or down the answer is computed and marked ``cache: bypass``, never
+failed.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ class PredictionBatch(BaseModel):
 
 
 def cache_key(served: registry.Served, features: Canonical) -> str:
-    return f"{KEY_PREFIX}:{served.version}:{served.model.spec.version}:{feature_hash(features)}"
+    return f"{KEY_PREFIX}:{served.key}:{served.model.spec.version}:{feature_hash(features)}"
 
 
 _flights_guard = threading.Lock()

@@ -37,6 +37,7 @@ class Settings(BaseModel):
     admin_key: str = Field("", alias="SALESPREDICT_ADMIN_KEY", repr=False)
     dependency_timeout_ms: Millis = Field(2000, alias="DEPENDENCY_TIMEOUT_MS")
     max_body_bytes: int = Field(256 * 1024, alias="MAX_BODY_BYTES", ge=1024)
+    max_batch_body_bytes: int = Field(4 * 1024 * 1024, alias="MAX_BATCH_BODY_BYTES", ge=1024)
     idempotency_key_ttl_hours: int = Field(24, alias="IDEMPOTENCY_KEY_TTL_HOURS", ge=1)
     idempotency_purge_schedule: str = Field("0 0 * * * *", alias="IDEMPOTENCY_PURGE_SCHEDULE")
     demo_opportunities: int = Field(2000, alias="DEMO_OPPORTUNITIES", ge=0)

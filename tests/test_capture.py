@@ -26,6 +26,8 @@ def test_capture_returns_the_stored_opportunity_and_its_location(api: httpx.Clie
     assert body["version"] == 1 and body["stage"] == "S1" and body["closed_at"] is None
     assert body["created_at"] == body["updated_at"] and body["created_at"].endswith("Z")
     assert body["attributes"] == opportunity()["attributes"]
+    prediction = body.pop("prediction")
+    assert prediction["opportunity_id"] == "OP-000001" and 0 <= prediction["probability"] <= 1
     assert api.get("/opportunities/OP-000001").json() == body
     event = db.events.find_one({"opportunity_id": "OP-000001"})
     assert event["type"] == "captured" and event["version"] == 1 and event["before"] is None

@@ -13,7 +13,7 @@ import pytest
 from shared import opportunities
 from shared.devhost.host import LocalHost, werkzeug_rule
 from shared.errors import SettingsError
-from shared.http import registered_functions
+from shared.http import ROUTE_PARAMETER, registered_functions
 from tests.conftest import ADMIN_KEY, FUNCTION_KEY
 
 
@@ -47,7 +47,8 @@ def test_every_registered_route_answers_over_http_with_its_methods_only(host) ->
     for fn in local.http.values():
         allowed.setdefault(fn.route, set()).update(fn.methods)
     for route, methods in allowed.items():
-        url = base + "/api/" + route.replace("{id}", "OP-000001")
+        sample = ROUTE_PARAMETER.sub(lambda m: "1" if m.group(3) == "int" else "OP-000001", route)
+        url = base + "/api/" + sample
         for method in ("GET", "POST", "PATCH", "PUT", "DELETE"):
             response = httpx.request(
                 method, url, headers={"x-functions-key": FUNCTION_KEY}, json={}

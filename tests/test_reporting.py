@@ -149,7 +149,9 @@ def test_the_cli_migrates_loads_rebuilds_and_writes_a_pbids_file(pg, tmp_path) -
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    assert "Applied 0001_star_schema, 0002_reporting, 0003_source_changes." in cli("migrate")
+    assert "Applied 0001_star_schema, 0002_reporting, 0003_source_changes, 0004_models." in cli(
+        "migrate"
+    )
     assert "up to date" in cli("migrate")
     assert "succeeded: 2 read, 2 upserted, 0 rejected" in cli("etl")  # one opportunity, one move
     assert "succeeded" in cli("etl", "--full")

@@ -37,6 +37,7 @@ def test_serve_starts_embedded_servers_and_stops_them_on_ctrl_c(tmp_path: Path) 
         k: v for k, v in os.environ.items() if k not in ("MONGODB_URI", "POSTGRES_DSN", "REDIS_URL")
     }
     env["PYTHONPATH"] = str(ROOT)
+    env["DEMO_OPPORTUNITIES"] = "500"  # a small demo history: enough for a trained model
     port = free_port()
     serve = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "serve", "--port", str(port)],
@@ -55,9 +56,14 @@ def test_serve_starts_embedded_servers_and_stops_them_on_ctrl_c(tmp_path: Path) 
         api = httpx.Client(
             base_url=f"http://127.0.0.1:{port}/api", headers={"x-functions-key": key}
         )
+        model = api.get("/model").json()  # trained at once on the demo history
+        assert model["is_prior"] is False and model["version"] == 1
+        assert model["metrics"]["roc_auc"] > 0.5
         created = api.post("/opportunities", json=opportunity())
         assert created.status_code == 201
-        assert api.get(created.headers["location"].removeprefix("/api")).json() == created.json()
+        body = created.json()
+        assert body.pop("prediction")["model_version"] == 1
+        assert api.get(created.headers["location"].removeprefix("/api")).json() == body
 
         state = json.loads((tmp_path / ".salespredict" / "servers.json").read_text())
         pids = [s["pid"] for s in state["servers"].values()]

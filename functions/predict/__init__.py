@@ -7,6 +7,7 @@ from shared.http import Operation, endpoint, json_response, read_json
 from shared.model import registry
 from shared.opportunities import NewOpportunity, parse
 from shared.predictions import PredictBatch, Prediction, PredictionBatch
+from shared.settings import get_settings
 from shared.stores import postgres
 
 bp = func.Blueprint()
@@ -44,7 +45,7 @@ def predict(req: func.HttpRequest) -> func.HttpResponse:
     )
 )
 def predict_batch(req: func.HttpRequest) -> func.HttpResponse:
-    batch = parse(PredictBatch, read_json(req))
+    batch = parse(PredictBatch, read_json(req, get_settings().max_batch_body_bytes))
     return json_response({"predictions": predictions.predict_batch(batch)})
 
 

@@ -115,16 +115,16 @@ def train(
             else "A prior never replaces a trained model."
         )
     else:
-        auc = float(trained.evaluation.metrics["roc_auc"])
         if current is None:
             activate, decision = True, "No model was active (or it failed its hash check)."
         else:
-            hold = trained.holdout
-            theirs = _auc_on(current[1], [records[i] for i in hold], y[hold])
-            activate = auc >= theirs
+            holdout = [records[i] for i in trained.holdout]
+            ours = _auc_on(trained.model, holdout, y[trained.holdout])
+            theirs = _auc_on(current[1], holdout, y[trained.holdout])
+            activate = ours >= theirs
             comparison = ">=" if activate else "<"
             decision = (
-                f"Holdout roc_auc {auc:.4f} {comparison} {theirs:.4f} of active version "
+                f"Holdout roc_auc {ours:.4f} {comparison} {theirs:.4f} of active version "
                 f"{current[0]} on the same holdout."
             )
     with postgres.connection() as conn:

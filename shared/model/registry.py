@@ -49,6 +49,11 @@ class Served:
     model: Model
     card: dict[str, Any]
 
+    @property
+    def key(self) -> str:
+        """Version and artifact hash: unique even across registries sharing one Redis."""
+        return f"{self.version}-{self.card.get('sha256', 'none')[:16]}"
+
 
 def _dump(model: Model) -> bytes:
     buffer = io.BytesIO()
