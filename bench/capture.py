@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     with ExitStack() as stack:
-        settings = bench_settings(stack, {"mongodb"})
+        settings = bench_settings(stack, {"mongodb", "postgres", "redis"})
         client: MongoClient = stack.enter_context(MongoClient(settings.mongodb_uri, tz_aware=True))
         ours_rates, raw_rates = [], []
         for repeat in range(args.repeats):

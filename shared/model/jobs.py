@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +46,7 @@ class TrainResult:
     activated: bool
     decision: str
     metrics: dict[str, Any]
+    holdout_ids: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
         state = "activated" if self.activated else "stored, not activated"
