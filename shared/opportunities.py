@@ -261,7 +261,7 @@ class Collections:
 
 
 _ready_lock = threading.Lock()
-_ready: set[tuple[int, str]] = set()
+_ready: dict[tuple[int, str], Collections] = {}
 
 
 def collections(db: Database | None = None) -> Collections:
@@ -271,22 +271,26 @@ def collections(db: Database | None = None) -> Collections:
     index here is on ordinary fields; keyset pagination uses ``seq`` rather than ``_id``.
     """
     db = mongo.database() if db is None else db
-    result = Collections(db.opportunities, db.events, db.counters, db.idempotency_keys, db)
     key = (id(db.client), db.name)
-    if key not in _ready:
-        with _ready_lock:
-            if key not in _ready:
-                result.opportunities.create_index("seq", unique=True)
-                result.opportunities.create_index("external_id", unique=True, sparse=True)
-                for name in ("updated_at", "created_at", "stage", "region", "seller_id"):
-                    result.opportunities.create_index(name)
-                result.opportunities.create_index("business_unit")
-                result.events.create_index("opportunity_id")
-                result.events.create_index("recorded_at")
-                result.idempotency_keys.create_index("created_at")
-                catalogs.seed(db)
-                _ready.add(key)
-    return result
+    ready = _ready.get(key)
+    if ready is not None and ready.db.client is db.client:  # not a dead client's reused id
+        return ready
+    with _ready_lock:
+        if key not in _ready or _ready[key].db.client is not db.client:
+            result = Collections(
+                db.opportunities, db.events, db.counters, db.idempotency_keys, db
+            )
+            result.opportunities.create_index("seq", unique=True)
+            result.opportunities.create_index("external_id", unique=True, sparse=True)
+            for name in ("updated_at", "created_at", "stage", "region", "seller_id"):
+                result.opportunities.create_index(name)
+            result.opportunities.create_index("business_unit")
+            result.events.create_index("opportunity_id")
+            result.events.create_index("recorded_at")
+            result.idempotency_keys.create_index("created_at")
+            catalogs.seed(db)
+            _ready[key] = result
+        return _ready[key]
 
 
 def to_millis(moment: datetime) -> datetime:

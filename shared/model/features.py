@@ -13,6 +13,7 @@ become their index in a vocabulary learnt from the training rows (unknown ones a
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -44,14 +45,14 @@ class Feature:
 class FeatureSpec:
     features: tuple[Feature, ...]
 
-    @property
+    @functools.cached_property
     def names(self) -> list[str]:
         return [f.name for f in self.features]
 
     def as_json(self) -> list[dict[str, Any]]:
         return [asdict(f) for f in self.features]
 
-    @property
+    @functools.cached_property
     def version(self) -> str:
         """A short hash of the spec: part of every cache key and model record."""
         text = json.dumps(self.as_json(), sort_keys=True, separators=(",", ":"))
