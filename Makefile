@@ -29,6 +29,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/capture.py
 	$(BIN)/python bench/etl.py
+	$(BIN)/python bench/predict.py
+	$(BIN)/python bench/model.py
 
 clean:
 	rm -rf $(VENV) .salespredict .pytest_cache .mypy_cache .ruff_cache

@@ -277,9 +277,7 @@ def collections(db: Database | None = None) -> Collections:
         return ready
     with _ready_lock:
         if key not in _ready or _ready[key].db.client is not db.client:
-            result = Collections(
-                db.opportunities, db.events, db.counters, db.idempotency_keys, db
-            )
+            result = Collections(db.opportunities, db.events, db.counters, db.idempotency_keys, db)
             result.opportunities.create_index("seq", unique=True)
             result.opportunities.create_index("external_id", unique=True, sparse=True)
             for name in ("updated_at", "created_at", "stage", "region", "seller_id"):

@@ -57,7 +57,7 @@ class NotEnoughData(SalesPredictError):
 @dataclass
 class Evaluation:
     metrics: dict[str, float | int]
-    calibration: list[dict[str, float | int]]
+    calibration: list[dict[str, float | None]]
 
 
 @dataclass
@@ -74,7 +74,7 @@ class Trained:
 # ------------------------------------------------------------------------------- metrics
 
 
-def calibration_table(y: np.ndarray, p: np.ndarray) -> list[dict[str, float | int]]:
+def calibration_table(y: np.ndarray, p: np.ndarray) -> list[dict[str, float | None]]:
     """Ten equal-width bins of predicted probability: mean predicted, observed win rate, count."""
     bins = np.minimum((p * CALIBRATION_BINS).astype(int), CALIBRATION_BINS - 1)
     table = []
