@@ -57,6 +57,7 @@ def test_training_is_deterministic_for_a_seed_and_names_its_metrics(pg) -> None:
     second = jobs.train(seed=7)
     assert first.activated and first.kind in ("gradient_boosting", "logistic_regression")
     assert set(first.metrics) == METRICS
+    assert len(first.holdout_ids) == first.metrics["n_test"] > 0
     assert first.metrics == second.metrics
     assert np.array_equal(probabilities(first.version), probabilities(second.version))
     assert second.activated  # equal holdout AUC is "at least as good"

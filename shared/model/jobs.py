@@ -133,9 +133,9 @@ def train(
         if activate:
             registry.push(conn, version, "activate", "trained: " + decision)
     registry.forget()
-    result = TrainResult(
-        version, trained.model.kind, activate, decision, trained.evaluation.metrics
-    )
+    holdout_ids = [records[i]["opportunity_id"] for i in trained.holdout]
+    metrics = trained.evaluation.metrics
+    result = TrainResult(version, trained.model.kind, activate, decision, metrics, holdout_ids)
     log.info(result.summary())
     return result
 
