@@ -288,8 +288,9 @@ def fit(
         calibrated = CalibratedClassifierCV(
             estimator, method="sigmoid", cv=folds, ensemble=False
         ).fit(X, y)
-        # the same folds' out-of-fold scores, calibrated: the validation data of the threshold
-        oof = cross_val_predict(estimator, X, y, cv=folds, method="predict_proba")[:, 1]
+        # the same folds' out-of-fold scores (decision function: what the sigmoid was fitted
+        # on), calibrated: the validation data of the threshold
+        oof = cross_val_predict(estimator, X, y, cv=folds, method="decision_function")
         sigmoid = calibrated.calibrated_classifiers_[0].calibrators[0]
         threshold = best_threshold(y, sigmoid.predict(oof))
         model = Model(name, encoder, calibrated, threshold, reference)
