@@ -19,12 +19,11 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import psycopg2
 import redis
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared import opportunities
-from shared.errors import FieldProblem, InvalidInput, SalesPredictError
+from shared.errors import FieldProblem, InvalidInput, SettingsError
 from shared.model import registry
 from shared.model.features import Canonical, canonical, feature_hash
 from shared.opportunities import NewOpportunity, Opportunity
@@ -104,27 +103,37 @@ def _single_flight(keys: Sequence[str]) -> Iterator[None]:
         yield
 
 
+def _decoded(value: bytes | str | None) -> dict[str, Any] | None:
+    """A cached answer, or None when missing or unreadable (then it is computed again)."""
+    if value is None:
+        return None
+    try:
+        answer = json.loads(value)
+    except ValueError:
+        return None
+    return answer if isinstance(answer, dict) else None
+
+
 def _cached(keys: Sequence[str]) -> list[dict[str, Any] | None] | None:
     """The cached answers of ``keys`` (None where missing); None when Redis failed."""
     try:
-        found = cache.client().mget(keys) if len(keys) > 1 else [cache.client().get(keys[0])]
-    except redis.RedisError as exc:
+        client = cache.client()
+        found = client.mget(keys) if len(keys) > 1 else [client.get(keys[0])]
+    except (redis.RedisError, SettingsError) as exc:
         log.warning("Prediction cache bypassed: %s", exc)
         return None
-    return [json.loads(value) if value is not None else None for value in found]
+    return [_decoded(value) for value in found]
 
 
-def _store(answers: dict[str, dict[str, Any]]) -> bool:
+def _store(answers: dict[str, dict[str, Any]]) -> None:
     ttl = get_settings().prediction_cache_ttl_seconds
     try:
         with cache.client().pipeline(transaction=False) as pipe:
             for key, answer in answers.items():
                 pipe.set(key, json.dumps(answer, separators=(",", ":")), ex=ttl)
             pipe.execute()
-    except redis.RedisError as exc:
+    except (redis.RedisError, SettingsError) as exc:
         log.warning("Prediction cache not written: %s", exc)
-        return False
-    return True
 
 
 def _compute(served: registry.Served, rows: Sequence[Canonical]) -> list[dict[str, Any]]:
@@ -203,9 +212,8 @@ def for_capture(opportunity: dict[str, Any]) -> dict[str, Any] | None:
     a stored capture never fails for want of a prediction."""
     try:
         return {"opportunity_id": opportunity["opportunity_id"], **answer([opportunity])[0]}
-    except (SalesPredictError, psycopg2.Error) as exc:
-        log.warning("Capture of %s answered without a prediction: %s",
-                    opportunity["opportunity_id"], exc)  # fmt: skip
+    except Exception:  # the capture is stored: its answer must not become an error
+        log.exception("Capture of %s answered without a prediction", opportunity["opportunity_id"])
         return None
 
 

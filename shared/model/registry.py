@@ -8,10 +8,12 @@ a version, ``rollback`` pops the top and serves the one below again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -27,7 +29,6 @@ from shared.errors import ArtifactTampered, NotFound, NothingToRollBack
 from shared.model.features import DEFAULT_SPEC
 from shared.model.predictor import Model
 from shared.model.training import Trained, fit_prior
-from shared.settings import get_settings
 from shared.stores import postgres
 
 log = logging.getLogger(__name__)
@@ -188,36 +189,67 @@ def empty_prior() -> Served:
                              "decision": "no model trained yet"})  # fmt: skip
 
 
+@dataclass(frozen=True)
+class _Lookup:
+    """The last look-up of the active model: from which pool, when, and what it found."""
+
+    pool: object = None
+    checked_at: float = -math.inf
+    served: Served | None = None
+    error: Exception | None = None
+
+
 _lock = threading.Lock()
-_served: Served | None = None
-_served_from = ""  # the PostgreSQL it came from: new settings, new lookup
-_checked_at = 0.0
+_last = _Lookup()
 
 
 def served() -> Served:
     """The active model, looked up at most every ``REFRESH_SECONDS`` and loaded once a version.
 
     Before the first ETL run has created the registry, or when no version is active, the prior
-    of an empty history answers. When PostgreSQL cannot be reached, the model already loaded
-    keeps serving; with none loaded the error propagates (503).
+    of an empty history answers. While a model is loaded, one thread looks the active version up
+    again and the others keep answering with it; if PostgreSQL cannot be reached, the loaded
+    model keeps serving. With none loaded, the error (503) is remembered for the same interval,
+    so an outage answers at once instead of queueing on timeouts.
     """
-    global _served, _served_from, _checked_at
-    source = get_settings().postgres_dsn
-    current = _served
-    fresh = time.monotonic() - _checked_at < REFRESH_SECONDS
-    if current is not None and fresh and _served_from == source:
-        return current
-    with _lock:
-        if _served_from != source:
-            _served = None
-        try:
-            _served = _lookup(_served)
-        except psycopg2.OperationalError:
-            if _served is None:
-                raise
-            log.warning("PostgreSQL unreachable; model %s keeps serving", _served.version)
-        _served_from, _checked_at = source, time.monotonic()
-        return _served
+    pool = postgres.pool()  # new settings, new pool: a new look-up
+    last = _last
+    if last.pool is pool and time.monotonic() - last.checked_at < REFRESH_SECONDS:
+        if last.served is not None:
+            return last.served
+        if last.error is not None:
+            raise last.error.with_traceback(None)
+    loaded = last.served if last.pool is pool else None
+    if not _lock.acquire(blocking=loaded is None):
+        return loaded  # type: ignore[return-value]  # another thread is looking it up
+    try:
+        return _refresh(pool)
+    finally:
+        _lock.release()
+
+
+def _refresh(pool: object) -> Served:
+    global _last
+    last = _last
+    if last.pool is pool and time.monotonic() - last.checked_at < REFRESH_SECONDS:
+        if last.served is not None:  # another thread did it while this one waited
+            return last.served
+        if last.error is not None:
+            raise last.error.with_traceback(None)
+    current = last.served if last.pool is pool else None
+    try:
+        found = _lookup(current)
+    except psycopg2.Error as exc:
+        if current is None:
+            _last = _Lookup(pool, time.monotonic(), None, exc)
+            raise
+        log.warning("Model look-up failed (%s); version %s keeps serving", exc, current.version)
+        found = current
+    except Exception as exc:  # a tampered or unreadable artifact: never serve a stale model
+        _last = _Lookup(pool, time.monotonic(), None, exc)
+        raise
+    _last = _Lookup(pool, time.monotonic(), found)
+    return found
 
 
 def _lookup(current: Served | None) -> Served:
@@ -234,7 +266,8 @@ def _lookup(current: Served | None) -> Served:
 
 
 def forget() -> None:
-    """Look the active version up again on the next prediction."""
-    global _served, _checked_at
+    """Look the active version up again on the next prediction (the loaded model stays until
+    the look-up succeeds)."""
+    global _last
     with _lock:
-        _served, _checked_at = None, 0.0
+        _last = dataclasses.replace(_last, checked_at=-math.inf, error=None)
