@@ -19,7 +19,7 @@ from shared.etl import pipeline
 from shared.model import jobs, registry, training
 from shared.model.features import DEFAULT_SPEC, Feature, FeatureSpec, canonical
 from shared.stores import postgres
-from tests.conftest import ADMIN_KEY, SEED_CSV, cli_environment, opportunity
+from tests.conftest import ADMIN_KEY, FUNCTION_KEY, SEED_CSV, cli_environment, opportunity
 from tests.test_etl import query
 
 METRICS = {*training.METRIC_NAMES, "n_train", "n_test"}
@@ -106,6 +106,8 @@ def test_rollback_restores_the_previous_answers_through_the_admin_api(pg, api, h
     }
     listed = api.get("/models", headers=admin).json()["models"]
     assert [m["version"] for m in listed if m["active"]] == [first.version]
+    again_active = api.post(f"/models/{first.version}/activate", headers=admin)
+    assert again_active.status_code == 409 and "already active" in again_active.json()["detail"]
     refused = api.post("/models/rollback", headers=admin)
     assert refused.status_code == 409
     assert refused.headers["content-type"].startswith("application/problem+json")
@@ -116,18 +118,15 @@ def test_rollback_restores_the_previous_answers_through_the_admin_api(pg, api, h
 def test_a_tampered_artifact_is_refused(pg, api) -> None:
     history()
     good = jobs.train()
+    spare = jobs.train(spec=WEAK_SPEC)  # stored, not active
     with postgres.connection() as conn, conn.cursor() as cur:
-        cur.execute(
-            "UPDATE model_version SET artifact = artifact || '\\x00'::bytea WHERE version = %s",
-            (good.version,),
-        )
-    registry.forget()
+        cur.execute("UPDATE model_version SET artifact = artifact || '\\x00'::bytea")
     with postgres.connection() as conn, pytest.raises(ArtifactTampered):
         registry.load(conn, good.version)
-    response = api.get("/model")
+    response = api.get("/model")  # the active model is loaded for the first time
     assert response.status_code == 503
     assert "SHA-256" in response.json()["detail"]
-    command = [sys.executable, "-m", "shared.cli", "models", "activate", str(good.version)]
+    command = [sys.executable, "-m", "shared.cli", "models", "activate", str(spare.version)]
     refused = subprocess.run(
         command, env=cli_environment(pg), capture_output=True, text=True, timeout=120
     )
@@ -155,6 +154,11 @@ def test_the_prior_answers_on_an_empty_history_and_says_so(pg, api) -> None:
     captured = api.post("/opportunities", json=opportunity()).json()
     assert captured["prediction"]["prior"] is True
 
+    history(1200, 5)
+    trained = jobs.train()
+    assert trained.activated and "replaces the cold-start prior" in trained.decision
+    assert api.post("/predict", json=opportunity()).json()["prior"] is False
+
 
 @pytest.mark.usefixtures("db")
 def test_the_etl_timer_trains_when_due_and_scores_every_open_opportunity(pg, host) -> None:
@@ -173,6 +177,12 @@ def test_the_etl_timer_trains_when_due_and_scores_every_open_opportunity(pg, hos
     assert len(rows) == open_count
     assert all(abs(float(w) - p * float(a)) < 0.01 for p, a, w, _ in rows)
     assert query('SELECT count(*) FROM reporting."Models"') == [(1,)]
+    # the API predicts from the live document what the ETL scored from the reporting row
+    opp_id, scored = query(
+        "SELECT opportunity_id, probability FROM fact_prediction ORDER BY 1 LIMIT 1"
+    )[0]
+    with httpx.Client(base_url=host[1] + "/api", headers={"x-functions-key": FUNCTION_KEY}) as api:
+        assert api.get(f"/opportunities/{opp_id}/prediction").json()["probability"] == scored
     with postgres.connection() as conn:
         assert jobs.training_due(conn) is None  # just trained
         later = datetime.now(UTC) + timedelta(days=8)

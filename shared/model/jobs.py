@@ -34,6 +34,8 @@ from shared.stores import postgres
 
 log = logging.getLogger(__name__)
 
+SCORE_CHUNK = 2000  # open deals explained per predict call (bounded memory)
+
 FEATURE_COLUMNS = """opportunity_id, client_code, business_unit, opportunity_type, region,
     territory, industry, lead_source, seller_id, acv::float8 AS acv, tcv::float8 AS tcv,
     margin::float8 AS margin, expected_close_date, created_at, attributes"""
@@ -69,16 +71,54 @@ def _auc_on(model: Model, records: list[dict[str, Any]], y: np.ndarray) -> float
     return float(roc_auc_score(y, model.probabilities(rows)))
 
 
-def _active(conn: Connection) -> tuple[int, Model] | None:
-    """The active version and its model; None when there is none, or it fails its hash check."""
+@dataclass(frozen=True)
+class _Active:
+    version: int
+    model: Model
+    data_to: datetime | None
+
+
+def _active(conn: Connection) -> _Active | None:
+    """The active model; None when there is none, or it fails its hash check."""
     version = registry.active_version(conn)
     if version is None:
         return None
     try:
-        return version, registry.load(conn, version)
+        model = registry.load(conn, version)
     except ArtifactTampered:
         log.exception("The active model cannot be loaded; a new one replaces it")
         return None
+    return _Active(version, model, registry.card(conn, version)["data_to"])
+
+
+def _judge(
+    trained: Trained, current: _Active | None, records: list[dict[str, Any]], y: np.ndarray
+) -> tuple[bool, str]:
+    """Whether a trained model may replace ``current``, and why.
+
+    Both are scored on the holdout deals that closed after ``current``'s training window (so it
+    cannot have learnt them), or on the whole holdout when those lack an outcome.
+    """
+    if current is None:
+        return True, "No model was active (or it failed its hash check)."
+    if current.model.is_prior:
+        return True, "A trained model replaces the cold-start prior."
+    hold = trained.holdout
+    unseen = [
+        i for i in hold if current.data_to is None or records[i]["closed_at"] > current.data_to
+    ]
+    if len(set(y[unseen].tolist())) == 2:
+        hold, where = np.array(unseen), "the holdout deals it has not seen"
+    else:
+        where = "the same holdout"
+    holdout = [records[i] for i in hold]
+    ours = _auc_on(trained.model, holdout, y[hold])
+    theirs = _auc_on(current.model, holdout, y[hold])
+    comparison = ">=" if ours >= theirs else "<"
+    return ours >= theirs, (
+        f"Holdout roc_auc {ours:.4f} {comparison} {theirs:.4f} of active version "
+        f"{current.version} on {where} ({len(hold)} deals)."
+    )
 
 
 def train(
@@ -91,12 +131,12 @@ def train(
     with postgres.connection() as conn:
         migrate(conn)
         say("reading closed deals")
-        records = _closed_deals(conn)
+        records = _closed_deals(conn)  # oldest closing first
+        active_then = registry.active_version(conn)
         current = _active(conn)
     y = np.array([bool(r["is_won"]) for r in records], dtype=int)
     rows = [canonical(spec, record) for record in records]
     counts = (int(y.sum()), len(y) - int(y.sum()))
-    window = (records[0]["closed_at"], records[-1]["closed_at"]) if records else (None, None)
     trained = None
     if training.enough_data(y):
         order = np.array([r["closed_at"].timestamp() for r in records])
@@ -107,7 +147,7 @@ def train(
     if trained is None:
         model = training.fit_prior(spec, rows, y)
         trained = Trained(model, Evaluation({"n_train": len(y), "n_test": 0}, []))
-        activate = current is None or current[1].is_prior
+        activate = current is None or current.model.is_prior
         decision = (
             f"Cold start: {counts[0]} won and {counts[1]} lost deals (a real model needs "
             f"{training.MIN_CLASS_COUNT} of each, and both outcomes in its holdout), so the "
@@ -116,19 +156,15 @@ def train(
             else "A prior never replaces a trained model."
         )
     else:
-        if current is None:
-            activate, decision = True, "No model was active (or it failed its hash check)."
-        else:
-            holdout = [records[i] for i in trained.holdout]
-            ours = _auc_on(trained.model, holdout, y[trained.holdout])
-            theirs = _auc_on(current[1], holdout, y[trained.holdout])
-            activate = ours >= theirs
-            comparison = ">=" if activate else "<"
-            decision = (
-                f"Holdout roc_auc {ours:.4f} {comparison} {theirs:.4f} of active version "
-                f"{current[0]} on the same holdout."
-            )
+        activate, decision = _judge(trained, current, records, y)
+    learnt = records[: len(records) - len(trained.holdout)]  # the holdout is the newest
+    window = (learnt[0]["closed_at"], learnt[-1]["closed_at"]) if learnt else (None, None)
     with postgres.connection() as conn:
+        registry.serialise(conn)
+        now_active = registry.active_version(conn)
+        if activate and now_active != active_then:
+            activate = False
+            decision = f"Version {now_active} was activated while this one trained; not activated."
         version = registry.save(conn, trained, window, counts, decision)
         if activate:
             registry.push(conn, version, "activate", "trained: " + decision)
@@ -169,7 +205,12 @@ def score_open(conn: Connection) -> int:
                 WHERE NOT is_closed AND NOT is_deleted ORDER BY opportunity_id"""
         )
         records = [dict(row) for row in cur.fetchall()]
-    answers = served.model.predict([canonical(served.model.spec, r) for r in records])
+    rows = [canonical(served.model.spec, r) for r in records]
+    answers = [
+        answer
+        for start in range(0, len(rows), SCORE_CHUNK)
+        for answer in served.model.predict(rows[start : start + SCORE_CHUNK])
+    ]
     now = datetime.now(UTC)
     with conn.cursor() as cur:
         cur.execute("DELETE FROM fact_prediction")

@@ -25,7 +25,7 @@ import numpy as np
 import psycopg2
 from psycopg2.extensions import connection as Connection
 
-from shared.errors import ArtifactTampered, NotFound, NothingToRollBack
+from shared.errors import ArtifactTampered, Conflict, NotFound, NothingToRollBack
 from shared.model.features import DEFAULT_SPEC
 from shared.model.predictor import Model
 from shared.model.training import Trained, fit_prior
@@ -40,6 +40,7 @@ CARD_COLUMNS = (
     "sha256",
 )  # fmt: skip
 REFRESH_SECONDS = 5.0
+LOCK_KEY = 0x5A1E_5002  # pg_advisory_xact_lock key of registry changes
 
 
 @dataclass(frozen=True)
@@ -136,9 +137,19 @@ def push(conn: Connection, version: int, action: str, reason: str) -> None:
         )
 
 
+def serialise(conn: Connection) -> None:
+    """Hold the registry's lock until ``conn``'s transaction ends: activations, rollbacks and
+    the activation step of training happen one at a time."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+
+
 def activate(version: int, reason: str = "activated by hand") -> None:
     """Make ``version`` the active model (its artifact is checked first)."""
     with postgres.connection() as conn:
+        serialise(conn)
+        if active_version(conn) == version:
+            raise Conflict(f"Model version {version} is already active.")
         load(conn, version)
         push(conn, version, "activate", reason)
     forget()
@@ -147,6 +158,7 @@ def activate(version: int, reason: str = "activated by hand") -> None:
 def rollback(reason: str = "rolled back by hand") -> int:
     """Deactivate the active model and serve the one active before it; returns that version."""
     with postgres.connection() as conn:
+        serialise(conn)
         stack = _stack(conn)
         if len(stack) < 2:
             raise NothingToRollBack("There is no earlier active model to roll back to.")
