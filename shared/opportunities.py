@@ -246,6 +246,7 @@ class ListQuery(BaseModel):
 
 
 FIELD_NAMES = tuple(OpportunityFields.model_fields)
+OPEN_STATE_FIELDS = tuple(n for n in FIELD_NAMES if n not in ("stage", "lost_reason"))
 
 
 # --------------------------------------------------------------------------- storage
@@ -683,9 +684,19 @@ def delete(opp_id: str, expected_version: int | None) -> None:
 def next_version(
     doc: dict[str, Any], changes: dict[str, Any], kind: str, now: datetime
 ) -> dict[str, Any]:
-    """``doc`` with stored ``changes`` applied as its next version, carrying that change's event."""
+    """``doc`` with stored ``changes`` applied as its next version, carrying that change's event.
+
+    A change that closes the deal also keeps ``open_state``: the fields as they were while it
+    was open, what a model may learn from (a change made while closing is known only then).
+    Reopening the deal drops it.
+    """
     result = dict(doc)
     result.update(changes, updated_at=now, version=doc["version"] + 1)
+    if "stage" in changes:
+        if changes["stage"] not in CLOSED_STAGES:
+            result.pop("open_state", None)
+        elif doc.get("stage") not in CLOSED_STAGES:
+            result["open_state"] = {k: doc[k] for k in OPEN_STATE_FIELDS if k in doc}
     result["last_event"] = {
         "type": kind,
         "at": now,

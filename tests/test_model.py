@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import httpx
 import numpy as np
@@ -20,7 +20,7 @@ from shared.model import jobs, registry, training
 from shared.model.features import DEFAULT_SPEC, Feature, FeatureSpec, canonical
 from shared.stores import postgres
 from tests.conftest import ADMIN_KEY, FUNCTION_KEY, SEED_CSV, cli_environment, opportunity
-from tests.test_etl import query
+from tests.test_etl import capture, change, query
 
 METRICS = {*training.METRIC_NAMES, "n_train", "n_test"}
 # A spec that sees nothing useful: whatever it learns does worse than the default on a holdout
@@ -276,3 +276,20 @@ def test_the_threshold_is_the_most_accurate_cut_of_calibrated_scores() -> None:
     p = trained.model.probabilities([rows[i] for i in trained.holdout])
     assert abs(p.mean() - y[trained.holdout].mean()) < 0.05  # calibrated on average
     assert training.best_threshold(np.array([0, 0, 1, 1]), np.array([0.1, 0.3, 0.35, 0.9])) == 0.35
+
+
+@pytest.mark.usefixtures("db")
+def test_training_sees_a_deal_as_it_was_while_open(pg) -> None:
+    closed_with_changes, reopened = capture(2, acv=1000.0, tcv=2000.0)
+    change(closed_with_changes, stage="Won", acv=1500.0, expected_close_date=date(2026, 1, 5))
+    change(closed_with_changes, margin=0.5)  # corrected after closing
+    change(reopened, stage="Lost", lost_reason="price", acv=1200.0)
+    change(reopened, stage="S3")
+    change(reopened, stage="Won")
+    pipeline.run()
+    with postgres.connection() as conn:
+        deals = {d["opportunity_id"]: d for d in jobs.closed_deals(conn)}
+    first = deals[closed_with_changes]
+    assert (first["acv"], first["margin"]) == (1000.0, 0.06)
+    assert canonical(DEFAULT_SPEC, first)["close_month"] == "2"  # the expected date while open
+    assert deals[reopened]["acv"] == 1200.0  # it was open again, at 1,200, before it was won

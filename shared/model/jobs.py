@@ -57,13 +57,22 @@ class TrainResult:
         return f"Model version {self.version} ({self.kind}{figure}): {state}. {self.decision}"
 
 
-def _closed_deals(conn: Connection) -> list[dict[str, Any]]:
+def closed_deals(conn: Connection) -> list[dict[str, Any]]:
+    """Every closed deal, oldest closing first, with its fields as they were while it was open
+    (``open_state``, kept when it closed; a deal imported or captured closed has only its final
+    fields)."""
     with conn.cursor(cursor_factory=RealDictCursor) as cur:
         cur.execute(
-            f"""SELECT {FEATURE_COLUMNS}, closed_at, is_won FROM fact_opportunity
+            f"""SELECT {FEATURE_COLUMNS}, closed_at, is_won, document -> 'open_state' AS open_state
+                FROM fact_opportunity
                 WHERE is_closed AND NOT is_deleted ORDER BY closed_at, opportunity_id"""
         )
-        return [dict(row) for row in cur.fetchall()]
+        return [_while_open(dict(row)) for row in cur.fetchall()]
+
+
+def _while_open(row: dict[str, Any]) -> dict[str, Any]:
+    open_state = row.pop("open_state") or {}
+    return {**row, **open_state}
 
 
 def _auc_on(model: Model, records: list[dict[str, Any]], y: np.ndarray) -> float:
@@ -131,7 +140,7 @@ def train(
     with postgres.connection() as conn:
         migrate(conn)
         say("reading closed deals")
-        records = _closed_deals(conn)  # oldest closing first
+        records = closed_deals(conn)  # oldest closing first
         active_then = registry.active_version(conn)
         current = _active(conn)
     y = np.array([bool(r["is_won"]) for r in records], dtype=int)
