@@ -8,6 +8,7 @@ import random
 import threading
 import time
 
+import psycopg2
 import pytest
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
@@ -214,3 +215,30 @@ def test_the_model_card_shows_metrics_calibration_and_importance(trained, api) -
     assert len(card["calibration"]) == 10 and set(card["importance"]) == set(DEFAULT_SPEC.names)
     assert card["trained_at"] and card["data_from"] and card["data_to"]
     assert card["threshold"] == registry.served().model.threshold
+
+
+def test_postgres_down_keeps_the_loaded_model_answering(settings, db, tmp_path) -> None:
+    def ask() -> dict:
+        return predictions.predict_new(parse(NewOpportunity, json.dumps(fresh())))
+
+    with EmbeddedServers(tmp_path, ["postgres"]) as own:
+        mine = settings.model_copy(
+            update={"postgres_dsn": own.urls["postgres"], "dependency_timeout_ms": 1000}
+        )
+        use_settings(mine)
+        history()
+        version = jobs.train().version
+        assert ask()["model_version"] == version  # loaded
+        own.stop()
+        registry.forget()  # the next prediction looks the active version up: it cannot
+        started = time.monotonic()
+        assert ask()["model_version"] == version
+        assert time.monotonic() - started < 5
+        use_settings(mine)  # a new process, in effect: nothing loaded
+        with pytest.raises(psycopg2.OperationalError):
+            ask()
+        started = time.monotonic()
+        with pytest.raises(psycopg2.OperationalError):
+            ask()  # the outage is remembered for a few seconds: no new wait
+        assert time.monotonic() - started < 0.5
+    use_settings(settings)
