@@ -7,6 +7,7 @@ import json
 import random
 import threading
 import time
+from datetime import UTC, datetime
 
 import psycopg2
 import pytest
@@ -242,3 +243,21 @@ def test_postgres_down_keeps_the_loaded_model_answering(settings, db, tmp_path) 
             ask()  # the outage is remembered for a few seconds: no new wait
         assert time.monotonic() - started < 0.5
     use_settings(settings)
+
+
+@hypothesis_settings(max_examples=50, deadline=None)
+@given(acv=st.integers(min_value=0, max_value=10**9), day=st.dates())
+def test_an_api_body_a_document_and_a_reporting_row_give_one_key(acv: int, day) -> None:
+    """The same opportunity as JSON (text dates, numbers as written), as a MongoDB document
+    (dates as UTC midnights) and as a reporting row (Decimal amounts, date objects)."""
+    from decimal import Decimal
+
+    created = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    api = {**opportunity(acv=acv, tcv=acv * 2), "expected_close_date": day.isoformat(),
+           "created_at": "2026-01-02T03:04:05Z"}  # fmt: skip
+    document = {**api, "acv": float(acv), "tcv": float(acv * 2), "created_at": created,
+                "expected_close_date": datetime.combine(day, datetime.min.time(), UTC)}  # fmt: skip
+    row = {**api, "acv": Decimal(acv), "tcv": Decimal(acv * 2), "margin": Decimal("0.06"),
+           "created_at": created, "expected_close_date": day}  # fmt: skip
+    keys = {feature_hash(canonical(DEFAULT_SPEC, r)) for r in (api, document, row)}
+    assert len(keys) == 1
