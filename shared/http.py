@@ -10,6 +10,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -80,11 +81,16 @@ def read_json(req: func.HttpRequest, limit: int | None = None) -> bytes:
     return body
 
 
+def _json_default(value: Any) -> str:
+    """Dates and times as ISO 8601; anything else JSON cannot hold as its text."""
+    return value.isoformat() if isinstance(value, date) else str(value)
+
+
 def json_response(
     data: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> func.HttpResponse:
     return func.HttpResponse(
-        json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str),
+        json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=_json_default),
         status_code=status,
         headers=headers,
         mimetype="application/json",

@@ -217,15 +217,11 @@ def for_capture(opportunity: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
 
-def _iso(value: Any) -> Any:
-    return value.isoformat() if isinstance(value, datetime) else value
-
-
 def model_card() -> dict[str, Any]:
     """The active model's card: version, training time and window, metrics, calibration,
     feature importance."""
     served = registry.served()
-    card = {k: _iso(v) for k, v in served.card.items() if k != "sha256"}
+    card = {k: v for k, v in served.card.items() if k != "sha256"}
     card["trained_at"] = card.pop("created_at", None)
     card["threshold"] = served.model.threshold
     card["features"] = served.model.spec.as_json()

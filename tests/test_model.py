@@ -105,6 +105,8 @@ def test_rollback_restores_the_previous_answers_through_the_admin_api(pg, api, h
         k: before[k] for k in ("model_version", "probability", "factors")
     }
     listed = api.get("/models", headers=admin).json()["models"]
+    assert all(datetime.fromisoformat(m["created_at"]).tzinfo for m in listed)
+    assert "T" in listed[0]["created_at"]  # ISO 8601, as in every other answer
     assert [m["version"] for m in listed if m["active"]] == [first.version]
     again_active = api.post(f"/models/{first.version}/activate", headers=admin)
     assert again_active.status_code == 409 and "already active" in again_active.json()["detail"]
