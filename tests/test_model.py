@@ -178,7 +178,9 @@ def test_the_etl_timer_trains_when_due_and_scores_every_open_opportunity(pg, hos
     )
     assert len(rows) == open_count
     assert all(abs(float(w) - p * float(a)) < 0.01 for p, a, w, _ in rows)
-    assert query('SELECT count(*) FROM reporting."Models"') == [(1,)]
+    [(version, active, auc)] = query('SELECT "Version", "Active", roc_auc FROM reporting."Models"')
+    with postgres.connection() as conn:
+        assert (active, auc) == (True, registry.card(conn, version)["metrics"]["roc_auc"])
     # the API predicts from the live document what the ETL scored from the reporting row
     opp_id, scored = query(
         "SELECT opportunity_id, probability FROM fact_prediction ORDER BY 1 LIMIT 1"

@@ -64,24 +64,28 @@ FROM public.fact_prediction p
 JOIN public.fact_opportunity o USING (opportunity_id)
 WHERE NOT o.is_deleted AND NOT o.is_closed;
 
+-- The metrics keep the names they have everywhere else (CLI, model card, API).
 CREATE VIEW reporting."Models" AS
-SELECT m.version                          AS "Version",
-       m.created_at                       AS "Trained At",
-       m.kind                             AS "Kind",
-       m.is_prior                         AS "Prior Model",
-       m.data_from                        AS "Data From",
-       m.data_to                          AS "Data To",
-       (m.metrics ->> 'roc_auc')::float8  AS "ROC AUC",
-       (m.metrics ->> 'pr_auc')::float8   AS "PR AUC",
-       (m.metrics ->> 'brier')::float8    AS "Brier",
-       (m.metrics ->> 'log_loss')::float8 AS "Log Loss",
-       (m.metrics ->> 'accuracy')::float8 AS "Accuracy",
-       (m.metrics ->> 'f1')::float8       AS "F1",
-       (m.metrics ->> 'threshold')::float8 AS "Threshold",
-       (m.metrics ->> 'n_train')::integer AS "Train Rows",
-       (m.metrics ->> 'n_test')::integer  AS "Test Rows",
-       m.decision                         AS "Decision"
-FROM public.model_version m;
+SELECT m.version                           AS "Version",
+       m.created_at                        AS "Trained At",
+       m.kind                              AS "Kind",
+       m.is_prior                          AS "Prior Model",
+       m.data_from                         AS "Data From",
+       m.data_to                           AS "Data To",
+       a.version IS NOT NULL               AS "Active",
+       (m.metrics ->> 'roc_auc')::float8   AS roc_auc,
+       (m.metrics ->> 'pr_auc')::float8    AS pr_auc,
+       (m.metrics ->> 'brier')::float8     AS brier,
+       (m.metrics ->> 'log_loss')::float8  AS log_loss,
+       (m.metrics ->> 'accuracy')::float8  AS accuracy,
+       (m.metrics ->> 'f1')::float8        AS f1,
+       (m.metrics ->> 'threshold')::float8 AS threshold,
+       (m.metrics ->> 'n_train')::integer  AS n_train,
+       (m.metrics ->> 'n_test')::integer   AS n_test,
+       m.decision                          AS "Decision"
+FROM public.model_version m
+LEFT JOIN (SELECT version FROM public.model_activation
+           ORDER BY activation_id DESC LIMIT 1) a USING (version);
 
 -- Views made after 0002's GRANT ... ON ALL TABLES are covered by its default privileges only
 -- when this role created them; grant explicitly.
