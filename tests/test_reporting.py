@@ -87,8 +87,11 @@ def test_the_read_only_role_reads_reporting_and_nothing_else(deals) -> None:
         cur.execute("SET ROLE salespredict_reader")
         cur.execute('SELECT count(*) FROM reporting."Opportunities"')
         assert cur.fetchone() == (8,)
+        for view in ("Predictions", "Models"):  # the model's views too
+            cur.execute(f'SELECT count(*) FROM reporting."{view}"')
         for statement in (
             "SELECT * FROM public.fact_opportunity",
+            "SELECT artifact FROM public.model_version",
             "SELECT * FROM public.etl_run",
             'DELETE FROM reporting."Opportunities"',
             "CREATE TABLE reporting.mine (x int)",
