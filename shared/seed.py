@@ -4,7 +4,9 @@ A made-up company (clients, sellers with different skill, territories inside reg
 opportunities over the past three years. Each one is won with a ground-truth probability that
 depends on its fields in non-trivial ways (a seller's skill, a client's loyalty, the fit of an
 industry with a business unit, a penalty above a deal size, the margin asked, lead sources,
-noise), moves through the stages over time and closes as Won or Lost, or is still open today.
+opportunity types, regions, long contracts sold by good sellers), moves through the stages over
+time and closes as Won or Lost, or is still open today. The outcome is drawn from that
+probability: the draw is the only noise, so the truth is what a perfect model would learn.
 
 Everything goes through the opportunity service's own schema, catalogs and documents, in bulk,
 with every stage change as an event. The ground-truth probability is kept apart from the

@@ -28,7 +28,7 @@ def pool() -> ThreadedConnectionPool:
                 8,
                 settings.require("postgres_dsn"),
                 connect_timeout=max(1, timeout_ms // 1000),
-                options=f"-c statement_timeout={timeout_ms * 30}",
+                options=f"-c statement_timeout={timeout_ms * 30} -c timezone=UTC",
                 application_name="salespredict",
             )
         return _pool
