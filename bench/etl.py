@@ -4,7 +4,8 @@ Loads N captured opportunities (with their events, dated over the past two years
 run, taking turns: a full ETL run (documents read per second) against iterating a plain pymongo
 cursor over the same collections on the same server (``etl_ratio`` = ours / raw); then the
 duration of an incremental run that finds nothing new (``noop_run_seconds``). Medians over
-repeats. Uses MONGODB_URI / POSTGRES_DSN when set, else embedded servers.
+repeats. Uses MONGODB_URI / POSTGRES_DSN when set (in databases of its own), else embedded
+servers.
 
     python bench/etl.py [--n 100000] [--repeats 3]
 """
@@ -14,11 +15,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-import uuid
 from contextlib import ExitStack
 from datetime import timedelta
 
-from servers import bench_settings
+from servers import bench_settings, own_database
 from tqdm import tqdm
 
 from shared import opportunities
@@ -69,10 +69,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     with ExitStack() as stack:
-        settings = bench_settings(stack, {"mongodb", "postgres"})
-        database = f"bench_{uuid.uuid4().hex[:8]}"
-        use_settings(settings.model_copy(update={"mongodb_database": database}))
-        stack.callback(lambda: mongo.client().drop_database(database))
+        use_settings(own_database(stack, bench_settings(stack, {"mongodb", "postgres"})))
         load(args.n)
         pipeline.run()  # migrations, calendar, warm caches
         ours, raw, noop = [], [], []

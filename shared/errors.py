@@ -119,6 +119,11 @@ class UnsupportedMediaType(RequestError):
 class InvalidInput(RequestError):
     status, title = 422, "Invalid input"
 
+    @classmethod
+    def of(cls, problems: list[FieldProblem]) -> InvalidInput:
+        """The error for these invalid fields."""
+        return cls(f"{len(problems)} invalid field(s).", errors=problems)
+
 
 class InternalError(RequestError):
     status, title = 500, "Internal error"
@@ -145,4 +150,4 @@ def from_validation_error(exc: ValidationError) -> RequestError:
             continue
         message = err["msg"].removeprefix("Value error, ")
         problems.append(FieldProblem(".".join(str(p) for p in err["loc"]), message))
-    return InvalidInput(f"{len(problems)} invalid field(s).", errors=problems)
+    return InvalidInput.of(problems)

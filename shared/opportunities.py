@@ -466,7 +466,7 @@ def create(new: NewOpportunity, idempotency_key: str | None = None) -> Captured:
     cols = collections()
     problems = check_catalogs(new.model_dump(), cols.db)
     if problems:
-        raise InvalidInput(f"{len(problems)} invalid field(s).", errors=problems)
+        raise InvalidInput.of(problems)
     request_hash = ""
     if idempotency_key is not None:
         if not 1 <= len(idempotency_key) <= 255:
@@ -631,10 +631,7 @@ def update(opp_id: str, patch: OpportunityPatch, expected_version: int | None) -
     """
     nulls = [name for name in patch.model_fields_set if getattr(patch, name) is None]
     if nulls:
-        raise InvalidInput(
-            f"{len(nulls)} invalid field(s).",
-            errors=[FieldProblem(name, "may not be null") for name in sorted(nulls)],
-        )
+        raise InvalidInput.of([FieldProblem(name, "may not be null") for name in sorted(nulls)])
     cols = collections()
     changes = patch.model_dump(exclude_unset=True)
     for _ in range(MAX_UPDATE_ATTEMPTS):
@@ -649,7 +646,7 @@ def update(opp_id: str, patch: OpportunityPatch, expected_version: int | None) -
             raise from_validation_error(exc) from None
         problems = check_catalogs({k: valid[k] for k in changes if k in valid}, cols.db)
         if problems:
-            raise InvalidInput(f"{len(problems)} invalid field(s).", errors=problems)
+            raise InvalidInput.of(problems)
         changed = {k: v for k, v in valid.items() if current.get(k) != v}
         if not changed:
             return to_api(doc)

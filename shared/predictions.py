@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -173,31 +173,27 @@ def _today_record(new: NewOpportunity) -> dict[str, Any]:
     return {**new.model_dump(), "created_at": datetime.now(UTC)}
 
 
-def _catalog_problems(items: Sequence[NewOpportunity], prefix: str = "") -> list[FieldProblem]:
+def _check_catalogs(items: Mapping[str, NewOpportunity]) -> None:
+    """Refuse (422) codes their catalogs do not list, each item's under its path prefix."""
     db = opportunities.collections().db
-    problems = []
-    for i, item in enumerate(items):
-        where = f"{prefix}{i}." if prefix else ""
-        problems += [
-            FieldProblem(where + p.path, p.message)
-            for p in opportunities.check_catalogs(item.model_dump(), db)
-        ]
-    return problems
+    problems = [
+        FieldProblem(prefix + p.path, p.message)
+        for prefix, item in items.items()
+        for p in opportunities.check_catalogs(item.model_dump(), db)
+    ]
+    if problems:
+        raise InvalidInput.of(problems)
 
 
 def predict_new(new: NewOpportunity) -> dict[str, Any]:
     """A what-if prediction for an opportunity created today; nothing is stored."""
-    problems = _catalog_problems([new])
-    if problems:
-        raise InvalidInput(f"{len(problems)} invalid field(s).", errors=problems)
+    _check_catalogs({"": new})
     return answer([_today_record(new)])[0]
 
 
 def predict_batch(batch: PredictBatch) -> list[dict[str, Any]]:
     """What-if predictions for up to ``MAX_BATCH`` opportunities, in order."""
-    problems = _catalog_problems(batch.opportunities, prefix="opportunities.")
-    if problems:
-        raise InvalidInput(f"{len(problems)} invalid field(s).", errors=problems)
+    _check_catalogs({f"opportunities.{i}.": new for i, new in enumerate(batch.opportunities)})
     return answer([_today_record(new) for new in batch.opportunities])
 
 

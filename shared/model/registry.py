@@ -225,30 +225,31 @@ def served() -> Served:
     so an outage answers at once instead of queueing on timeouts.
     """
     pool = postgres.pool()  # new settings, new pool: a new look-up
-    last = _last
-    if last.pool is pool and time.monotonic() - last.checked_at < REFRESH_SECONDS:
-        if last.served is not None:
-            return last.served
-        if last.error is not None:
-            raise last.error.with_traceback(None)
-    loaded = last.served if last.pool is pool else None
+    found = _recent(pool)
+    if found is not None:
+        return found
+    loaded = _last.served if _last.pool is pool else None
     if not _lock.acquire(blocking=loaded is None):
         return loaded  # type: ignore[return-value]  # another thread is looking it up
     try:
-        return _refresh(pool)
+        return _recent(pool) or _refresh(pool)  # another thread may have done it meanwhile
     finally:
         _lock.release()
 
 
+def _recent(pool: object) -> Served | None:
+    """The last look-up's answer if it is recent and from ``pool`` (its error is raised)."""
+    last = _last
+    if last.pool is not pool or time.monotonic() - last.checked_at >= REFRESH_SECONDS:
+        return None
+    if last.error is not None:
+        raise last.error.with_traceback(None)
+    return last.served
+
+
 def _refresh(pool: object) -> Served:
     global _last
-    last = _last
-    if last.pool is pool and time.monotonic() - last.checked_at < REFRESH_SECONDS:
-        if last.served is not None:  # another thread did it while this one waited
-            return last.served
-        if last.error is not None:
-            raise last.error.with_traceback(None)
-    current = last.served if last.pool is pool else None
+    current = _last.served if _last.pool is pool else None
     try:
         found = _lookup(current)
     except psycopg2.Error as exc:

@@ -34,7 +34,7 @@ from sklearn.metrics import (
     log_loss,
     roc_auc_score,
 )
-from sklearn.model_selection import StratifiedKFold, cross_val_predict, train_test_split
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.naive_bayes import CategoricalNB
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler, TargetEncoder
@@ -233,16 +233,10 @@ def fit_prior(spec: FeatureSpec, rows: Sequence[Canonical], y: np.ndarray) -> Mo
 # ------------------------------------------------------------------------------ training
 
 
-def _split(
-    n: int, y: np.ndarray, order: np.ndarray | None, fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Indexes of the older and the newer part (by ``order``), else a stratified random split."""
-    if order is None:
-        index = np.arange(n)
-        older, newer = train_test_split(index, test_size=fraction, stratify=y, random_state=seed)
-        return np.sort(older), np.sort(newer)
+def _newest(order: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Indexes of the older rows and of the newest ``fraction`` of them, by ``order``."""
     ranked = np.argsort(order, kind="stable")
-    cut = n - max(1, round(n * fraction))
+    cut = len(order) - max(1, round(len(order) * fraction))
     return ranked[:cut], ranked[cut:]
 
 
@@ -261,16 +255,18 @@ def fit(
     progress: Callable[[str], None] | None = None,
     importance: bool = True,
 ) -> Trained:
-    """Train both candidates and keep the better; ``order`` sorts rows in time (None: random).
+    """Train both candidates and keep the better.
 
-    Without ``test``, the newest 20 % of the rows are the holdout; with it (cross-validation),
-    ``test`` is.
+    The holdout is ``test`` when given (cross-validation), else the newest 20 % of the rows by
+    ``order`` (their times).
     """
     say = progress or (lambda _: None)
     rows = list(rows)
     hold = np.empty(0, dtype=int)
     if test is None:
-        dev, hold = _split(len(rows), y, order, HOLDOUT_FRACTION, seed)
+        if order is None:
+            raise ValueError("fit needs the rows' times (order) or a test set")
+        dev, hold = _newest(order, HOLDOUT_FRACTION)
         test_rows, test_y = [rows[i] for i in hold], y[hold]
         rows, y = [rows[i] for i in dev], y[dev]
     else:
